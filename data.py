@@ -1,0 +1,332 @@
+"""Data: Hugging Face parquet detection datasets -> augmented tensors.
+
+Course section: "Dataset & augmentations". The course dataset is Roboflow-100's
+``Francesco/halo-infinite-angel-videogame`` on the Hugging Face hub. Every
+``Francesco/*`` RF100 dataset has the same parquet layout::
+
+    <root>/README.md                         dataset card; YAML header lists the class names
+    <root>/data/{train,validation,test}-*.parquet
+        image_id  int64
+        image     {bytes: JPEG/PNG, path}
+        width, height
+        objects   {id, area, bbox: COCO [x, y, w, h] pixels, category: 1-based}
+
+Category id 0 is Roboflow's super-category placeholder ("enemies", ...) that no
+box uses, so the model's class ``k`` is the dataset's category ``k + 1``.
+
+What this module does, in data-flow order:
+
+1. ``resolve_data_root`` finds a dataset ($DETECTION_DATA -> ./data clone ->
+   hub download -> the offline stand-in in ../shared) and says which one.
+2. ``read_split`` reads the parquet rows and converts every box ONCE from COCO
+   xywh to xyxy pixels, checking each row (bad rows raise ``DataError`` naming
+   the file and row).
+3. ``DetectionDataset`` decodes an image, runs an albumentations pipeline built
+   by ``build_transforms`` and returns ``(image (3,S,S) float, target dict)``.
+4. ``collate`` stacks a batch; ``pad_targets`` turns the per-image target
+   lists into the padded ``(B, M, ...)`` tensors the assigner wants.
+
+Differences from the course notebook:
+
+- Boxes are xyxy pixels from the moment they are read; nothing downstream
+  ever sees xywh (the notebook converts back and forth).
+- Images are letterboxed (longest side resized, then padded to a square),
+  not stretched, so box aspect ratios stay as they are in the game frame.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from albumentations.pytorch import ToTensorV2
+
+HF_DATASET = "Francesco/halo-infinite-angel-videogame"
+# Class names of the course dataset, used when a dataset has no card. Index = model class id.
+HALO_CLASSES = ["enemy", "enemy-head", "friendly", "friendly-head"]
+# Where `git clone https://huggingface.co/datasets/<HF_DATASET>` puts the course data.
+LOCAL_CLONE = Path("data") / "halo-infinite-angel-videogame"
+# The offline stand-in (same parquet layout), next to the repo.
+OFFLINE_STANDIN = Path(__file__).resolve().parent.parent / "shared" / "data" / "valorant-object-detection"
+SPLITS = ("train", "validation", "test")
+PAD_VALUE = 114  # grey letterbox border, as YOLOX/YOLOv5 use
+
+
+class DataError(ValueError):
+    """A problem with the dataset itself (missing files, a bad row). Printed without a traceback."""
+
+
+# --------------------------------------------------------------------------- finding the data
+def _is_dataset_root(path: Path) -> bool:
+    return bool(glob.glob(str(path / "data" / "train-*.parquet")))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect with a short timeout, so offline users don't wait on hub retries."""
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download_from_hub(dest: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo_id=HF_DATASET, repo_type="dataset", local_dir=str(dest))
+    return dest
+
+
+def resolve_data_root(data: str | None = None, verbose: bool = True) -> Path:
+    """Return the dataset root to use, trying each source in order and printing the one chosen.
+
+    Order: ``data`` argument -> ``$DETECTION_DATA`` -> ``./data/halo-infinite-angel-videogame`` ->
+    hub download into that folder (only when the hub answers within seconds) -> offline stand-in.
+    """
+    say = print if verbose else (lambda *a, **k: None)
+    if data is not None:
+        root = Path(data)
+        if not _is_dataset_root(root):
+            raise DataError(f"--data {root}: no {root}/data/train-*.parquet found (expected the Hugging Face "
+                            "parquet layout: <root>/data/{train,validation,test}-*.parquet)")
+        say(f"[data] using --data {root}")
+        return root
+    tried = []
+    env = os.environ.get("DETECTION_DATA")
+    if env:
+        if _is_dataset_root(Path(env)):
+            say(f"[data] using $DETECTION_DATA={env}")
+            return Path(env)
+        tried.append(f"$DETECTION_DATA={env} (no data/train-*.parquet)")
+    else:
+        tried.append("$DETECTION_DATA (not set)")
+    if _is_dataset_root(LOCAL_CLONE):
+        say(f"[data] using local clone {LOCAL_CLONE}")
+        return LOCAL_CLONE
+    tried.append(f"{LOCAL_CLONE} (not there)")
+    if _hub_reachable():
+        try:
+            say(f"[data] downloading {HF_DATASET} into {LOCAL_CLONE} ...")
+            return _download_from_hub(LOCAL_CLONE)
+        except Exception as e:  # any hub failure: fall through to the offline copy
+            tried.append(f"hub download of {HF_DATASET} ({type(e).__name__}: {e})")
+    else:
+        tried.append(f"hub download of {HF_DATASET} (huggingface.co unreachable: offline)")
+    if _is_dataset_root(OFFLINE_STANDIN):
+        say(f"[data] offline: using the stand-in dataset {OFFLINE_STANDIN}")
+        return OFFLINE_STANDIN
+    tried.append(f"{OFFLINE_STANDIN} (not there)")
+    raise DataError("no dataset found. Tried:\n  - " + "\n  - ".join(tried) +
+                    f"\nGet the data with `git clone https://huggingface.co/datasets/{HF_DATASET} {LOCAL_CLONE}` "
+                    "or pass --data DIR (a folder holding data/train-*.parquet).")
+
+
+def load_class_names(root: Path) -> list[str]:
+    """Model class names (0-based) from the dataset card's YAML header, without the id-0 placeholder.
+
+    Falls back to the Halo names when the card is missing or has no ``class_label``.
+    """
+    import yaml
+
+    card = Path(root) / "README.md"
+    if card.exists():
+        text = card.read_text(encoding="utf-8")
+        if text.startswith("---"):
+            header = yaml.safe_load(text.split("---")[1])
+            for feat in (header or {}).get("dataset_info", {}).get("features", []):
+                if feat.get("name") != "objects":
+                    continue
+                for sub in feat.get("sequence", []):
+                    names = sub.get("dtype", {}).get("class_label", {}).get("names") if isinstance(
+                        sub.get("dtype"), dict) else None
+                    if names:
+                        ids = sorted(int(k) for k in names)
+                        return [names[str(i)] if str(i) in names else names[i] for i in ids if i > 0]
+    return list(HALO_CLASSES)
+
+
+# --------------------------------------------------------------------------- reading rows
+@dataclass
+class Record:
+    """One image: its encoded bytes and its boxes, already in the repo's format."""
+    image_id: int
+    image_bytes: bytes
+    boxes: np.ndarray   # (N, 4) float32 xyxy pixels
+    labels: np.ndarray  # (N,) int64, 0-based model class ids
+    where: str          # "file.parquet row 12 (image_id 34)", for error messages
+
+
+def coco_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    """(N, 4) COCO [x, y, w, h] -> (N, 4) [x1, y1, x2, y2]."""
+    xywh = np.asarray(xywh, dtype=np.float32).reshape(-1, 4)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
+def _parse_row(row, num_classes: int, where: str) -> Record:
+    img = row["image"]
+    data = img.get("bytes") if isinstance(img, dict) else None
+    if not data:
+        raise DataError(f"{where}: no image bytes")
+    objs = row["objects"] if row["objects"] is not None else {}
+    bbox = objs.get("bbox", [])
+    xywh = np.stack([np.asarray(b, dtype=np.float32) for b in bbox]) if len(bbox) else np.zeros((0, 4), np.float32)
+    if xywh.shape[1:] != (4,):
+        raise DataError(f"{where}: bbox must have 4 numbers [x, y, w, h], got shape {xywh.shape}")
+    bad = np.nonzero((xywh[:, 2] <= 0) | (xywh[:, 3] <= 0) | ~np.isfinite(xywh).all(1))[0]
+    if len(bad):
+        raise DataError(f"{where}: box {int(bad[0])} has non-positive width/height {xywh[bad[0]].tolist()} "
+                        "(COCO x, y, w, h)")
+    cats = np.asarray(objs.get("category", []), dtype=np.int64).reshape(-1)
+    if len(cats) != len(xywh):
+        raise DataError(f"{where}: {len(xywh)} boxes but {len(cats)} categories")
+    labels = cats - 1  # 1-based dataset category -> 0-based model class (id 0 is the RF100 placeholder)
+    out = np.nonzero((labels < 0) | (labels >= num_classes))[0]
+    if len(out):
+        raise DataError(f"{where}: category id {int(cats[out[0]])} is outside the class list "
+                        f"(valid: 1..{num_classes})")
+    return Record(int(row["image_id"]), data, coco_to_xyxy(xywh), labels, where)
+
+
+def split_files(root: Path, split: str) -> list[str]:
+    files = sorted(glob.glob(str(Path(root) / "data" / f"{split}-*.parquet")))
+    if not files:
+        raise DataError(f"no {split} split: {Path(root) / 'data' / f'{split}-*.parquet'} matches no file")
+    return files
+
+
+def read_split(root: Path, split: str, num_classes: int) -> list[Record]:
+    """All rows of a split as Records (boxes xyxy, labels 0-based); bad rows raise DataError."""
+    records = []
+    for f in split_files(root, split):
+        df = pd.read_parquet(f)
+        for i, row in enumerate(df.to_dict("records")):
+            records.append(_parse_row(row, num_classes, f"{Path(f).name} row {i} (image_id {row['image_id']})"))
+    return records
+
+
+def dataset_image_size(root: Path) -> int:
+    """The dataset's own (most common) image side, rounded up to a multiple of 32: 640 Halo, 416 stand-in."""
+    df = pd.read_parquet(split_files(root, "train")[0], columns=["width", "height"])
+    side = int(pd.concat([df["width"], df["height"]]).mode().iloc[0])
+    return (side + 31) // 32 * 32
+
+
+def decode_image(rec: Record) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8 RGB."""
+    arr = cv2.imdecode(np.frombuffer(rec.image_bytes, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise DataError(f"{rec.where}: image bytes could not be decoded")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+# --------------------------------------------------------------------------- augmentation
+def build_transforms(img_size: int, train: bool, mean, std, aug: bool = True) -> A.Compose:
+    """albumentations pipeline: (H,W,3) uint8 + xyxy boxes -> (3,S,S) float normalised + boxes.
+
+    Test: letterbox (resize longest side, pad to a square) + normalise. Train adds flip, colour
+    and scale/translate jitter. ``mean``/``std`` must be the backbone's pretrained ones.
+    """
+    letterbox = [A.LongestMaxSize(max_size=img_size),
+                 A.PadIfNeeded(img_size, img_size, position="top_left",
+                               border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE)]
+    extra = []
+    if train and aug:
+        extra = [
+            A.HorizontalFlip(p=0.5),  # FPS frames are left/right symmetric; never flip vertically
+            A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT,
+                     fill=PAD_VALUE, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=30, val_shift_limit=20, p=0.5),
+            A.RandomBrightnessContrast(p=0.3),
+        ]
+    return A.Compose(
+        letterbox + extra + [A.Normalize(mean=mean, std=std), ToTensorV2()],
+        # clip: boxes pushed past the border by Affine are cut to the image;
+        # min_visibility: a box less than 30% visible after that is dropped (with its label).
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
+                                 min_visibility=0.3, min_width=1, min_height=1, filter_invalid_bboxes=True),
+    )
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """One split of a parquet detection dataset. Item: (image (3,S,S) float, {"boxes", "labels", "image_id"})."""
+
+    def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None):
+        self.root = Path(root)
+        self.class_names = class_names or load_class_names(self.root)
+        self.records = read_split(self.root, split, len(self.class_names))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        rec = self.records[i]
+        image = decode_image(rec)
+        h, w = image.shape[:2]
+        # Clip to the decoded image first: albumentations refuses boxes outside [0, W] x [0, H].
+        boxes = rec.boxes.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        out = self.transform(image=image, bboxes=boxes[keep], labels=rec.labels[keep])
+        target = {
+            "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),  # (N, 4) xyxy
+            "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),       # (N,)
+            "image_id": rec.image_id,
+        }
+        return out["image"], target
+
+
+def collate(batch):
+    """List of (image, target) -> images (B,3,S,S), list of B target dicts."""
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)
+
+
+def pad_targets(targets: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image targets -> gt_boxes (B,M,4), gt_labels (B,M), gt_mask (B,M); M = most boxes in one image.
+
+    Padding lets the assigner work on the whole batch at once; ``gt_mask`` marks the real boxes.
+    """
+    b = len(targets)
+    m = max((len(t["labels"]) for t in targets), default=0)
+    gt_boxes = torch.zeros(b, m, 4)
+    gt_labels = torch.zeros(b, m, dtype=torch.long)
+    gt_mask = torch.zeros(b, m, dtype=torch.bool)
+    for i, t in enumerate(targets):
+        n = len(t["labels"])
+        gt_boxes[i, :n] = t["boxes"]
+        gt_labels[i, :n] = t["labels"]
+        gt_mask[i, :n] = True
+    return gt_boxes, gt_labels, gt_mask
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Inspect a parquet detection dataset.")
+    p.add_argument("--data", default=None, help="dataset root (default: auto, see README)")
+    args = p.parse_args(argv)
+    try:
+        root = resolve_data_root(args.data)
+        names = load_class_names(root)
+        print(f"classes: {names}")
+        for split in SPLITS:
+            recs = read_split(root, split, len(names))
+            counts = np.bincount(np.concatenate([r.labels for r in recs]), minlength=len(names))
+            empty = sum(len(r.labels) == 0 for r in recs)
+            print(f"{split:>10}: {len(recs)} images, {empty} without boxes, boxes per class "
+                  + ", ".join(f"{n}={c}" for n, c in zip(names, counts)))
+    except DataError as e:
+        sys.exit(f"data error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The detector: backbone -> neck -> head, plus the anchor points the head's outputs refer to.
+
+This file only composes the parts (backbone.py, neck.py, head.py) and rebuilds a model from the
+plain config dict that checkpoints store, so ``evaluate.py`` needs nothing but the checkpoint.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from backbone import Backbone
+from head import DecoupledHead, decode, make_anchor_points
+from neck import FPN
+
+
+class Detector(nn.Module):
+    """``forward(images (B,3,H,W)) -> cls_logits (B,A,C), pred_boxes (B,A,4) xyxy pixels, points (A,2)``.
+
+    H and W must be multiples of the largest stride (32) so every level tiles the image exactly.
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True,
+                 weights: str | None = None, unfreeze: int = 2, width: int = 64, depthwise_head: bool = True):
+        super().__init__()
+        # Everything needed to rebuild this model; saved in checkpoints (weights come from the checkpoint).
+        self.config = dict(num_classes=num_classes, backbone=backbone, unfreeze=unfreeze, width=width,
+                           depthwise_head=depthwise_head)
+        self.backbone = Backbone(backbone, pretrained=pretrained, unfreeze_last=unfreeze, weights=weights)
+        self.neck = FPN(self.backbone.channels, width)
+        self.head = DecoupledHead(num_classes, width, width, self.backbone.strides, depthwise=depthwise_head)
+        self.strides = self.backbone.strides
+        self._points = {}  # (H, W) -> anchor points, computed once per input size
+
+    def anchor_points(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        shapes = tuple(tuple(f.shape[-2:]) for f in feats)
+        if shapes not in self._points:
+            self._points[shapes] = make_anchor_points(shapes, self.strides, feats[0].device)[0]
+        return self._points[shapes]
+
+    def forward(self, images: torch.Tensor):
+        feats = self.neck(self.backbone(images))     # [P3, P4, P5], (B, width, h_i, w_i)
+        cls_logits, ltrb = self.head(feats)          # (B, A, C), (B, A, 4) pixel distances
+        points = self.anchor_points(feats)           # (A, 2)
+        return cls_logits, decode(points, ltrb), points
+
+
+def build_detector(config: dict, pretrained: bool = False) -> Detector:
+    """Rebuild a Detector from ``Detector.config`` (no download: a checkpoint brings the weights)."""
+    return Detector(pretrained=pretrained, **config)

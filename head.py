@@ -1,0 +1,89 @@
+"""Head: YOLOX decoupled head, anchor points and box decoding.
+
+Course section: "Head". Paper: Ge et al., "YOLOX: Exceeding YOLO Series in 2021",
+sec. 2.1 "Decoupled head" (Fig. 2) and "Anchor-free"; the (l, t, r, b) box
+parametrisation is FCOS's (Tian et al., ICCV 2019, sec. 3.1).
+
+Per FPN level: a 1x1 stem, then two parallel branches of two 3x3 convs, one for
+classification (C logits per location) and one for box regression (4 distances
+l, t, r, b from the location to the box sides). Each feature-map cell is one
+"anchor point" at the pixel centre of its cell; ``decode`` turns distances into
+xyxy pixel boxes.
+
+Differences from the paper:
+
+- Confidence-free: YOLOX has a third output, objectness (IoU-aware), multiplied
+  into the class score. Here there is none: the class score itself is trained
+  against TAL's soft targets (alignment x IoU), so it already ranks boxes by
+  localisation quality (as in TOOD, YOLOv6 and YOLOv8).
+- Boxes are (l, t, r, b) distances (FCOS / TOOD / YOLOv8), not YOLOX's
+  (dx, dy, log w, log h); distances are ``softplus(x) * stride`` so they are
+  positive and each level predicts in units of its own stride.
+- Default width 64 and depthwise-separable branch convs (YOLOX-Nano's setting),
+  not 256 full convs: on a CPU a 256-channel head at stride 8 costs more than the
+  whole backbone. ``depthwise=False`` gives the plain 3x3 convs of the paper.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from neck import ConvBNAct, conv3x3
+
+
+class DecoupledHead(nn.Module):
+    """``forward([P3, P4, P5]) -> cls_logits (B, A, C), ltrb (B, A, 4) pixels``, A = Σ h_i·w_i."""
+
+    def __init__(self, num_classes: int, in_channels: int = 64, width: int = 64, strides=(8, 16, 32),
+                 depthwise: bool = True, prior_prob: float = 0.01):
+        super().__init__()
+        self.num_classes, self.strides = num_classes, tuple(strides)
+        n = len(strides)
+        self.stems = nn.ModuleList(ConvBNAct(in_channels, width, 1) for _ in range(n))
+        self.cls_branches = nn.ModuleList(
+            nn.Sequential(conv3x3(width, width, depthwise), conv3x3(width, width, depthwise)) for _ in range(n))
+        self.box_branches = nn.ModuleList(
+            nn.Sequential(conv3x3(width, width, depthwise), conv3x3(width, width, depthwise)) for _ in range(n))
+        self.cls_preds = nn.ModuleList(nn.Conv2d(width, num_classes, 1) for _ in range(n))
+        self.box_preds = nn.ModuleList(nn.Conv2d(width, 4, 1) for _ in range(n))
+        # Prior-probability init (RetinaNet sec. 4.1): almost every location is background, so start
+        # every class score at sigmoid(b) = prior_prob (0.01) instead of 0.5. Otherwise the thousands of
+        # background locations produce a huge loss in the first steps and destabilise training.
+        for conv in self.cls_preds:
+            nn.init.constant_(conv.bias, -math.log((1 - prior_prob) / prior_prob))
+        for conv in self.box_preds:
+            nn.init.zeros_(conv.bias)  # softplus(0) * stride = 0.69 stride: a small box around the point
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        cls_out, box_out = [], []
+        for i, x in enumerate(feats):
+            x = self.stems[i](x)                                       # (B, width, h, w)
+            cls = self.cls_preds[i](self.cls_branches[i](x))          # (B, C, h, w)
+            box = self.box_preds[i](self.box_branches[i](x))          # (B, 4, h, w)
+            box = F.softplus(box.float()) * self.strides[i]           # distances in pixels, > 0
+            cls_out.append(cls.flatten(2))                            # (B, C, h*w)
+            box_out.append(box.flatten(2))                            # (B, 4, h*w)
+        # Concatenate the levels P3, P4, P5 in that order, row-major inside a level (as make_anchor_points).
+        return torch.cat(cls_out, 2).transpose(1, 2), torch.cat(box_out, 2).transpose(1, 2)
+
+
+def make_anchor_points(feature_shapes, strides, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres of every feature-map cell, level after level.
+
+    feature_shapes: [(h_i, w_i)], strides: [s_i] -> points (A, 2) as (x, y) pixels, strides (A,).
+    Cell (row r, col c) of a stride-s map sits at ((c + 0.5) s, (r + 0.5) s) in the input image.
+    """
+    points, point_strides = [], []
+    for (h, w), s in zip(feature_shapes, strides):
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        points.append(torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).mul(s))  # (h*w, 2)
+        point_strides.append(torch.full((h * w,), float(s), device=device))
+    return torch.cat(points), torch.cat(point_strides)
+
+
+def decode(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
+    """points (A, 2) + distances (B, A, 4) -> boxes (B, A, 4) xyxy: (x - l, y - t, x + r, y + b)."""
+    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)

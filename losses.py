@@ -1,0 +1,152 @@
+"""Losses: the IoU family written out by hand, and the detection loss.
+
+Course section: "Losses". Papers: GIoU (Rezatofighi et al., CVPR 2019, eq. in Alg. 2),
+DIoU / CIoU (Zheng et al., AAAI 2020, eqs. 6 and 9-11), and the loss of TOOD
+(Feng et al., ICCV 2021, sec. 3.2 "Task-aligned Loss").
+
+All boxes are xyxy pixels. ``box_iou`` is THE IoU of this repo: the assigner,
+the loss and post-processing all call it (or its paired twin ``paired_iou``).
+
+Differences from the papers:
+
+- TOOD uses Focal Loss on soft targets and a GIoU loss; here the classification
+  loss is plain BCE against the soft targets (the quality-score variant used by
+  YOLOv6/YOLOv8) and the box loss is selectable (IoU/GIoU/DIoU/CIoU).
+- Both terms are normalised by the sum of the soft targets (as YOLOv8/PP-YOLOE),
+  not by the number of positives.
+- CIoU's ``alpha`` is computed without gradient, as in the authors' code, so it
+  acts as a weight and not as a second target.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------- IoU
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) xyxy -> (...) area; degenerate boxes have area 0, never negative."""
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def _inter_union(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intersection and union of boxes ``a`` and ``b`` (xyxy, broadcast against each other)."""
+    lt = torch.maximum(a[..., :2], b[..., :2])  # top-left of the overlap
+    rb = torch.minimum(a[..., 2:], b[..., 2:])  # bottom-right of the overlap
+    inter = (rb - lt).clamp(min=0).prod(-1)     # |A ∩ B|, 0 when they do not overlap
+    union = box_area(a) + box_area(b) - inter   # |A ∪ B| = |A| + |B| - |A ∩ B|
+    return inter, union
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """IoU of box ``a[i]`` with box ``b[i]``: (..., 4), (..., 4) -> (...)."""
+    inter, union = _inter_union(a, b)
+    return inter / (union + eps)  # IoU = |A ∩ B| / |A ∪ B|
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Pairwise IoU: (..., N, 4), (..., M, 4) xyxy -> (..., N, M). Same as ``torchvision.ops.box_iou``
+    for 2-D inputs, and batched over leading dimensions."""
+    return paired_iou(a[..., :, None, :], b[..., None, :, :], eps)
+
+
+def _enclosing_box(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left and bottom-right corners of the smallest box C enclosing both A and B."""
+    return torch.minimum(a[..., :2], b[..., :2]), torch.maximum(a[..., 2:], b[..., 2:])
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean() if loss.numel() else loss.sum()  # mean of nothing is 0, not NaN
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def iou_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean", eps: float = 1e-7):
+    """L_IoU = 1 - IoU for paired (N, 4) xyxy boxes."""
+    return _reduce(1 - paired_iou(pred, target, eps), reduction)
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean", eps: float = 1e-7):
+    """L_GIoU = 1 - IoU + |C \\ (A ∪ B)| / |C|  (C: smallest enclosing box). Has a gradient even
+    when the boxes do not overlap, because the penalty shrinks as B moves towards A."""
+    inter, union = _inter_union(pred, target)
+    iou = inter / (union + eps)
+    c_lt, c_rb = _enclosing_box(pred, target)
+    area_c = (c_rb - c_lt).clamp(min=0).prod(-1)   # |C|
+    giou = iou - (area_c - union) / (area_c + eps)  # GIoU = IoU - |C \ (A ∪ B)| / |C|
+    return _reduce(1 - giou, reduction)
+
+
+def _diou_terms(pred, target, eps):
+    """IoU and the DIoU distance penalty rho^2(b, b_gt) / c^2 (centre distance over enclosing diagonal)."""
+    iou = paired_iou(pred, target, eps)
+    c_lt, c_rb = _enclosing_box(pred, target)
+    c2 = ((c_rb - c_lt) ** 2).sum(-1) + eps  # c^2: squared diagonal of the enclosing box
+    centre_p = (pred[..., :2] + pred[..., 2:]) / 2
+    centre_t = (target[..., :2] + target[..., 2:]) / 2
+    rho2 = ((centre_p - centre_t) ** 2).sum(-1)  # rho^2: squared distance between the centres
+    return iou, rho2 / c2
+
+
+def diou_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean", eps: float = 1e-7):
+    """L_DIoU = 1 - IoU + rho^2(b, b_gt) / c^2. Pulls centres together directly, so it converges
+    faster than GIoU, which first grows the predicted box to cover the target."""
+    iou, dist = _diou_terms(pred, target, eps)
+    return _reduce(1 - iou + dist, reduction)
+
+
+def ciou_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean", eps: float = 1e-7):
+    """L_CIoU = 1 - IoU + rho^2 / c^2 + alpha * v, with the aspect-ratio term
+    v = 4/pi^2 (atan(w_gt/h_gt) - atan(w/h))^2 and its weight alpha = v / ((1 - IoU) + v)."""
+    iou, dist = _diou_terms(pred, target, eps)
+    w_p, h_p = pred[..., 2] - pred[..., 0], pred[..., 3] - pred[..., 1]
+    w_t, h_t = target[..., 2] - target[..., 0], target[..., 3] - target[..., 1]
+    # eps in the denominators keeps zero-height boxes finite (atan(w/0) would be atan(inf) = pi/2 anyway).
+    v = (4 / math.pi ** 2) * (torch.atan(w_t / (h_t + eps)) - torch.atan(w_p / (h_p + eps))) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return _reduce(1 - iou + dist + alpha * v, reduction)
+
+
+BOX_LOSSES = {"iou": iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+
+
+# --------------------------------------------------------------------------- detection loss
+class Assignment(NamedTuple):
+    """What an assigner decides for every anchor point (see assign.py)."""
+    fg_mask: torch.Tensor        # (B, A) bool: the anchor is a positive
+    gt_index: torch.Tensor       # (B, A) int64: index of its GT in the padded (B, M) GT tensors
+    target_labels: torch.Tensor  # (B, A) int64: class of that GT (meaningless where not fg)
+    target_boxes: torch.Tensor   # (B, A, 4) xyxy pixels of that GT
+    target_scores: torch.Tensor  # (B, A, C) soft classification targets (0 for background)
+
+
+class DetectionLoss(torch.nn.Module):
+    """cls BCE against soft targets + box IoU-loss on positives, both / max(sum of targets, 1).
+
+    Images without objects have all-zero targets: they add only the (background) classification term.
+    """
+
+    def __init__(self, box_loss: str = "giou", cls_weight: float = 1.0, box_weight: float = 2.5):
+        super().__init__()
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {sorted(BOX_LOSSES)}, got {box_loss!r}")
+        self.box_loss_fn = BOX_LOSSES[box_loss]
+        self.cls_weight, self.box_weight = cls_weight, box_weight
+
+    def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, a: Assignment) -> dict:
+        cls_logits, pred_boxes = cls_logits.float(), pred_boxes.float()  # the loss always runs in fp32
+        norm = a.target_scores.sum().clamp(min=1)  # max(Σ targets, 1): a batch of empty images divides by 1
+        loss_cls = F.binary_cross_entropy_with_logits(cls_logits, a.target_scores, reduction="sum") / norm
+        fg = a.fg_mask
+        weight = a.target_scores.sum(-1)[fg]  # (P,) each positive counts as much as its soft target
+        loss_box = (self.box_loss_fn(pred_boxes[fg], a.target_boxes[fg], reduction="none") * weight).sum() / norm
+        total = self.cls_weight * loss_cls + self.box_weight * loss_box
+        return {"cls": loss_cls, "box": loss_box, "total": total}
