@@ -111,8 +111,8 @@ class TaskAlignedAssigner:
     handles well for both tasks become positives, and training pulls the two tasks together.
     """
 
-    def __init__(self, topk: int = 13, alpha: float = 1.0, beta: float = 6.0, eps: float = 1e-9):
-        self.topk, self.alpha, self.beta, self.eps = topk, alpha, beta, eps
+    def __init__(self, topk: int = 13, alpha: float = 1.0, beta: float = 6.0):
+        self.topk, self.alpha, self.beta = topk, alpha, beta
 
     @torch.no_grad()
     def __call__(self, pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask) -> Assignment:
@@ -129,8 +129,11 @@ class TaskAlignedAssigner:
         pos = resolve_conflicts(pos, overlaps)                                    # 4.
         # TOOD's normalisation: t_hat = t / max_j(t_j) * max_j(u_j), max over the GT's positives, so the
         # best-aligned anchor of every GT targets that GT's best IoU (not 1, and not a tiny t).
+        # No "+ eps" in the division: early in training t ~ s * u^6 is ~1e-8, and an eps would distort it;
+        # clamping only guards the 0 / 0 of a GT whose positives all have t = 0 (target 0 then).
         align, overlaps = align * pos, overlaps * pos
-        quality = align / (align.amax(-1, keepdim=True) + self.eps) * overlaps.amax(-1, keepdim=True)
+        max_t = align.amax(-1, keepdim=True).clamp(min=torch.finfo(align.dtype).tiny)   # (B, M, 1)
+        quality = align / max_t * overlaps.amax(-1, keepdim=True)
         return build_targets(pos, quality, gt_labels, gt_boxes, pred_scores.shape[-1])  # 5.
 
 

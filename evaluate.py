@@ -56,7 +56,7 @@ def evaluate(model, loader, device="cpu", desc: str = "eval", amp: bool = False,
     detections = []
     for images, targets in tqdm(loader, desc=desc, leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            cls_logits, pred_boxes, _ = model(images.to(device))
+            cls_logits, pred_boxes, _ = model(images.to(device, memory_format=torch.channels_last))
         preds = [{k: v.cpu() for k, v in p.items()} for p in postprocess(cls_logits, pred_boxes, **post_kwargs)]
         metric.update(preds, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         detections += [dict(p, image_id=t["image_id"]) for p, t in zip(preds, targets)]
@@ -106,7 +106,7 @@ def load_checkpoint(path: str, device="cpu"):
         raise CheckpointError(f"{path} is not a checkpoint written by train.py (no model_config/model)")
     model = build_detector(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    return model.to(device, memory_format=torch.channels_last).eval(), ckpt
 
 
 def main(argv=None):

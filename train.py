@@ -162,7 +162,7 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
     t0 = time.time()
     for images, targets in bar:
-        images = images.to(device)
+        images = images.to(device, memory_format=torch.channels_last)
         gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
         # Forward in bf16 where supported; assigner and loss run in fp32 (they cast their inputs).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -219,7 +219,9 @@ def main(argv=None):
             print(f"[train] --img-size {args.img_size} is not a multiple of the largest stride 32: using {rounded}")
             args.img_size = rounded
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
-                         unfreeze=args.unfreeze, width=args.width).to(device)
+                         unfreeze=args.unfreeze, width=args.width)
+        # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU).
+        model = model.to(device, memory_format=torch.channels_last)
         mean, std = model.backbone.mean, model.backbone.std
         train_ds = DetectionDataset(root, "train", build_transforms(args.img_size, True, mean, std, not args.no_aug),
                                     class_names)
