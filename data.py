@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import random
 import socket
 import sys
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def _is_dataset_root(path: Path) -> bool:
     return bool(glob.glob(str(path / "data" / "train-*.parquet")))
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connect with a short timeout, so offline users don't wait on hub retries."""
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
@@ -113,7 +114,7 @@ def resolve_data_root(data: str | None = None, verbose: bool = True) -> Path:
         say(f"[data] using local clone {LOCAL_CLONE}")
         return LOCAL_CLONE
     tried.append(f"{LOCAL_CLONE} (not there)")
-    if _hub_reachable():
+    if hub_reachable():
         try:
             say(f"[data] downloading {HF_DATASET} into {LOCAL_CLONE} ...")
             return _download_from_hub(LOCAL_CLONE)
@@ -259,11 +260,18 @@ def build_transforms(img_size: int, train: bool, mean, std, aug: bool = True) ->
 class DetectionDataset(torch.utils.data.Dataset):
     """One split of a parquet detection dataset. Item: (image (3,S,S) float, {"boxes", "labels", "image_id"})."""
 
-    def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None):
+    def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None,
+                 seed: int = 0):
         self.root = Path(root)
         self.class_names = class_names or load_class_names(self.root)
         self.records = read_split(self.root, split, len(self.class_names))
         self.transform = transform
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations of item i in epoch e are drawn from a generator seeded with (seed, e, i): the
+        same in every run and every DataLoader worker, so a resumed run sees exactly the same images."""
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.records)
@@ -277,6 +285,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        key = (self.seed, self.epoch, i)
+        self.transform.set_random_state(np.random.default_rng(key), random.Random("-".join(map(str, key))))
         out = self.transform(image=image, bboxes=boxes[keep], labels=rec.labels[keep])
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),  # (N, 4) xyxy

@@ -224,7 +224,7 @@ def main(argv=None):
         model = model.to(device, memory_format=torch.channels_last)
         mean, std = model.backbone.mean, model.backbone.std
         train_ds = DetectionDataset(root, "train", build_transforms(args.img_size, True, mean, std, not args.no_aug),
-                                    class_names)
+                                    class_names, seed=args.seed)
         val_ds = DetectionDataset(root, "validation", build_transforms(args.img_size, False, mean, std), class_names)
         test_ds = DetectionDataset(root, "test", build_transforms(args.img_size, False, mean, std), class_names)
     except DataError as e:
@@ -234,8 +234,7 @@ def main(argv=None):
 
     gen = torch.Generator().manual_seed(args.seed)
     train_loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=True, drop_last=True,
-                                               collate_fn=collate, num_workers=args.workers, generator=gen,
-                                               persistent_workers=args.workers > 0)
+                                               collate_fn=collate, num_workers=args.workers, generator=gen)
     val_loader = torch.utils.data.DataLoader(val_ds, args.batch_size, collate_fn=collate, num_workers=args.workers)
     test_loader = torch.utils.data.DataLoader(test_ds, args.batch_size, collate_fn=collate, num_workers=args.workers)
 
@@ -262,6 +261,7 @@ def main(argv=None):
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         assigner = assigner_for_epoch(epoch, args)
+        train_ds.set_epoch(epoch)  # workers start anew each epoch (not persistent), so they see this
         stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
                                 args.amp)
         train_time = time.time() - t0

@@ -1,0 +1,106 @@
+"""Backbone, FPN, head and the composed detector: shapes, strides, freezing, weight loading."""
+import pytest
+import torch
+
+from backbone import Backbone, lite0_package_weights, lukemelas_to_timm
+from detector import Detector
+from head import DecoupledHead, decode, make_anchor_points
+from neck import FPN
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return Backbone("tf_efficientnet_lite0", pretrained=True, unfreeze_last=2)
+
+
+def test_lite0_package_weights_load_strictly(lite0):
+    state = torch.load(lite0_package_weights(), map_location="cpu", weights_only=True)
+    mapped = lukemelas_to_timm(state, lite0.body)
+    result = lite0.body.load_state_dict(mapped, strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    # The loaded tensors really are the package's (not a random init that happens to have the same keys).
+    torch.testing.assert_close(lite0.body.state_dict()["blocks.6.0.conv_pwl.weight"], state["_blocks.15._project_conv.weight"])
+    assert "ImageNet" in lite0.weights_source
+
+
+@pytest.mark.parametrize("size", [(128, 128), (160, 224), (416, 416)])
+def test_backbone_strides_and_channels(lite0, size):
+    feats = lite0(torch.zeros(1, 3, *size))
+    assert lite0.channels == [40, 112, 320] and lite0.strides == [8, 16, 32]
+    for f, c, s in zip(feats, lite0.channels, lite0.strides):
+        assert f.shape == (1, c, size[0] // s, size[1] // s)
+
+
+@pytest.mark.parametrize("k", [0, 2, -1])
+def test_freeze_last_k_blocks(k):
+    bb = Backbone("tf_efficientnet_lite0", pretrained=False, unfreeze_last=k)
+    trainable = [any(p.requires_grad for p in u.parameters()) for u in bb.units]
+    n = len(bb.units) if k < 0 else k
+    assert trainable == [False] * (len(bb.units) - n) + [True] * n
+    if k == 2:  # the last two units are EfficientNet stages 5 and 6
+        assert bb.units[-1] is bb.body.blocks[6] and bb.units[-2] is bb.body.blocks[5]
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
+    bb = Backbone("tf_efficientnet_lite0", pretrained=False, unfreeze_last=1).train()
+    frozen_bn, live_bn = bb.body.blocks[0][0].bn1, bb.body.blocks[6][0].bn1
+    assert not frozen_bn.training and live_bn.training
+    before = frozen_bn.running_mean.clone()
+    bb(torch.randn(2, 3, 64, 64) * 3)
+    torch.testing.assert_close(frozen_bn.running_mean, before)
+
+
+def test_other_timm_backbone_random_init_warns():
+    with pytest.warns(UserWarning, match="RANDOM INIT"):
+        bb = Backbone("resnet18", pretrained=True, unfreeze_last=1)
+    assert [f.shape[1] for f in bb(torch.zeros(1, 3, 64, 64))] == [128, 256, 512]
+
+
+@pytest.mark.parametrize("channels", [[40, 112, 320], [16, 32, 64]])
+@pytest.mark.parametrize("size", [64, 96, 416])
+def test_fpn_keeps_sizes_and_sets_channels(channels, size):
+    feats = [torch.randn(2, c, size // s, size // s) for c, s in zip(channels, (8, 16, 32))]
+    outs = FPN(channels, 48)(feats)
+    assert [o.shape for o in outs] == [torch.Size([2, 48, size // s, size // s]) for s in (8, 16, 32)]
+
+
+def test_fpn_top_down_reaches_finest_level():
+    """C5 must influence P3 (top-down path), and C3 must not influence P5 (no bottom-up path in FPN)."""
+    fpn = FPN([8, 8, 8], 8).eval()
+    feats = [torch.randn(1, 8, s, s, requires_grad=True) for s in (8, 4, 2)]
+    p3, _, p5 = fpn(feats)
+    assert torch.autograd.grad(p3.sum(), feats[2], retain_graph=True)[0].abs().sum() > 0
+    assert torch.autograd.grad(p5.sum(), feats[0], allow_unused=True)[0] is None
+
+
+def test_anchor_points_are_cell_centres():
+    points, strides = make_anchor_points([(2, 3), (1, 2)], [8, 16])
+    assert points.shape == (8, 2) and strides.tolist() == [8.0] * 6 + [16.0] * 2
+    assert points[:3].tolist() == [[4, 4], [12, 4], [20, 4]]  # first row of the stride-8 map
+    assert points[3].tolist() == [4, 12]                      # second row
+    assert points[6:].tolist() == [[8, 8], [24, 8]]           # the stride-16 map
+
+
+def test_decode_ltrb_to_xyxy():
+    points = torch.tensor([[10.0, 20.0]])
+    ltrb = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    assert decode(points, ltrb).tolist() == [[[9.0, 18.0, 13.0, 24.0]]]
+
+
+def test_head_shapes_and_prior_init():
+    head = DecoupledHead(num_classes=3, in_channels=16, width=16)
+    feats = [torch.randn(2, 16, s, s) for s in (8, 4, 2)]
+    cls, ltrb = head(feats)
+    assert cls.shape == (2, 84, 3) and ltrb.shape == (2, 84, 4)
+    assert (ltrb > 0).all()
+    torch.testing.assert_close(head.cls_preds[0].bias.sigmoid(), torch.full((3,), 0.01))
+
+
+@pytest.mark.parametrize("size", [(128, 128), (96, 160)])
+def test_detector_outputs_and_box_centres(size):
+    model = Detector(num_classes=2, pretrained=False).eval()
+    cls, boxes, points = model(torch.zeros(2, 3, *size))
+    a = sum((size[0] // s) * (size[1] // s) for s in (8, 16, 32))
+    assert cls.shape == (2, a, 2) and boxes.shape == (2, a, 4) and points.shape == (a, 2)
+    # Every decoded box contains its own anchor point (distances are positive).
+    assert (boxes[..., :2] < points).all() and (boxes[..., 2:] > points).all()
