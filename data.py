@@ -230,18 +230,29 @@ def decode_image(rec: Record) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- augmentation
-def build_transforms(img_size: int, train: bool, mean, std, aug: bool = True) -> A.Compose:
+AUG_LEVELS = ("none", "basic", "strong")
+
+
+def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic") -> A.Compose:
     """albumentations pipeline: (H,W,3) uint8 + xyxy boxes -> (3,S,S) float normalised + boxes.
 
-    Test: letterbox (resize longest side, pad to a square) + normalise. Train adds flip, colour
-    and scale/translate jitter. ``mean``/``std`` must be the backbone's pretrained ones.
+    Test (``train=False``) or ``aug="none"``: letterbox (resize longest side, pad to a square) + normalise.
+    ``"basic"`` adds flip, colour and scale/translate jitter; ``"strong"`` puts a 4-image Mosaic in front
+    (the dataset hands it 3 donor images). ``mean``/``std`` must be the backbone's pretrained ones.
     """
+    if aug not in AUG_LEVELS:
+        raise ValueError(f"aug must be one of {AUG_LEVELS}, got {aug!r}")
     letterbox = [A.LongestMaxSize(max_size=img_size),
                  A.PadIfNeeded(img_size, img_size, position="top_left",
                                border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE)]
-    extra = []
-    if train and aug:
-        extra = [
+    before, after = [], []
+    if train and aug == "strong":
+        # Mosaic (YOLOv4 sec. 3.3): 4 images in a 2x2 grid, then a crop of one image's size around a random
+        # centre. Objects keep their scale but appear with new neighbours, borders and partial views.
+        before = [A.Mosaic(target_size=(img_size, img_size), cell_shape=(img_size, img_size), fit_mode="contain",
+                           fill=PAD_VALUE, p=1.0)]
+    if train and aug in ("basic", "strong"):
+        after = [
             A.HorizontalFlip(p=0.5),  # FPS frames are left/right symmetric; never flip vertically
             A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT,
                      fill=PAD_VALUE, p=0.5),
@@ -249,12 +260,16 @@ def build_transforms(img_size: int, train: bool, mean, std, aug: bool = True) ->
             A.RandomBrightnessContrast(p=0.3),
         ]
     return A.Compose(
-        letterbox + extra + [A.Normalize(mean=mean, std=std), ToTensorV2()],
+        before + letterbox + after + [A.Normalize(mean=mean, std=std), ToTensorV2()],
         # clip: boxes pushed past the border by Affine are cut to the image;
         # min_visibility: a box less than 30% visible after that is dropped (with its label).
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
                                  min_visibility=0.3, min_width=1, min_height=1, filter_invalid_bboxes=True),
     )
+
+
+def uses_mosaic(transform: A.Compose) -> bool:
+    return any(isinstance(t, A.Mosaic) for t in transform.transforms)
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -276,18 +291,26 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.records)
 
-    def __getitem__(self, i):
+    def load(self, i: int) -> dict:
+        """Decoded image (H,W,3) uint8 and its boxes clipped to it (albumentations refuses boxes outside)."""
         rec = self.records[i]
         image = decode_image(rec)
         h, w = image.shape[:2]
-        # Clip to the decoded image first: albumentations refuses boxes outside [0, W] x [0, H].
         boxes = rec.boxes.copy()
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        return {"image": image, "bboxes": boxes[keep], "labels": rec.labels[keep]}
+
+    def __getitem__(self, i):
+        rec = self.records[i]
         key = (self.seed, self.epoch, i)
-        self.transform.set_random_state(np.random.default_rng(key), random.Random("-".join(map(str, key))))
-        out = self.transform(image=image, bboxes=boxes[keep], labels=rec.labels[keep])
+        rng = np.random.default_rng(key)
+        self.transform.set_random_state(rng, random.Random("-".join(map(str, key))))
+        sample = self.load(i)
+        if uses_mosaic(self.transform):  # three donor images for the other mosaic cells
+            sample["mosaic_metadata"] = [self.load(int(j)) for j in rng.integers(0, len(self), 3)]
+        out = self.transform(**sample)
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),  # (N, 4) xyxy
             "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),       # (N,)
@@ -320,13 +343,69 @@ def pad_targets(targets: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.
     return gt_boxes, gt_labels, gt_mask
 
 
+# --------------------------------------------------------------------------- pictures
+def to_uint8_image(image: torch.Tensor, mean, std) -> np.ndarray:
+    """Undo ``Normalize``: (3,H,W) float -> (H,W,3) uint8 RGB, for drawing."""
+    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    return ((image.float().cpu() * s + m).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+
+
+def draw_boxes(ax, boxes, labels, class_names, scores=None, linestyle="-", colors=None) -> None:
+    """Draw xyxy ``boxes`` on a matplotlib axis, coloured by class, with name (and score) tags."""
+    from matplotlib.patches import Rectangle
+
+    colors = colors or ["#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500"]
+    for k, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1))):
+        x1, y1, x2, y2 = box
+        c = colors[int(label) % len(colors)]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=c, ls=linestyle))
+        tag = class_names[int(label)] + (f" {float(scores[k]):.2f}" if scores is not None else "")
+        ax.text(x1, y1 - 2, tag, color="white", fontsize=6, va="bottom", bbox=dict(fc=c, ec="none", pad=0.5, alpha=0.8))
+
+
+def plot_augmentations(images: list[np.ndarray], targets: list[dict], class_names: list[str], cols: int = 4):
+    """Grid of augmented samples (uint8 images) with their boxes; returns the matplotlib figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t in zip(axes.flat, images, targets):
+        ax.imshow(img)
+        draw_boxes(ax, t["boxes"], t["labels"], class_names)
+        ax.set_title(f"image_id {t['image_id']}: {len(t['labels'])} boxes", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Inspect a parquet detection dataset.")
     p.add_argument("--data", default=None, help="dataset root (default: auto, see README)")
+    p.add_argument("--show-aug", type=int, default=0, metavar="N", help="save a grid of N augmented train samples")
+    p.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="augmentation level for --show-aug")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--out", default="aug.png")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         root = resolve_data_root(args.data)
         names = load_class_names(root)
+        if args.show_aug:
+            import timm
+            cfg = timm.get_pretrained_cfg("tf_efficientnet_lite0")  # the default backbone's normalisation
+            size = args.img_size or dataset_image_size(root)
+            ds = DetectionDataset(root, "train", build_transforms(size, True, cfg.mean, cfg.std, args.aug), names,
+                                  seed=args.seed)
+            picks = np.random.default_rng(args.seed).choice(len(ds), args.show_aug, replace=False)
+            samples = [ds[int(i)] for i in picks]
+            fig = plot_augmentations([to_uint8_image(img, cfg.mean, cfg.std) for img, _ in samples],
+                                     [t for _, t in samples], names)
+            fig.savefig(args.out, dpi=80)
+            print(f"wrote {args.out} ({args.show_aug} samples, aug={args.aug}, {size} px)")
+            return
         print(f"classes: {names}")
         for split in SPLITS:
             recs = read_split(root, split, len(names))

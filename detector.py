@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from backbone import Backbone
 from head import DecoupledHead, decode, make_anchor_points
-from neck import FPN
+from neck import build_neck
 
 
 class Detector(nn.Module):
@@ -20,13 +20,14 @@ class Detector(nn.Module):
     """
 
     def __init__(self, num_classes: int, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True,
-                 weights: str | None = None, unfreeze: int = 2, width: int = 64, depthwise_head: bool = True):
+                 weights: str | None = None, unfreeze: int = 2, width: int = 64, neck: str = "fpn",
+                 neck_block: str = "conv", depthwise_head: bool = True):
         super().__init__()
         # Everything needed to rebuild this model; saved in checkpoints (weights come from the checkpoint).
-        self.config = dict(num_classes=num_classes, backbone=backbone, unfreeze=unfreeze, width=width,
-                           depthwise_head=depthwise_head)
+        self.config = dict(num_classes=num_classes, backbone=backbone, unfreeze=unfreeze, width=width, neck=neck,
+                           neck_block=neck_block, depthwise_head=depthwise_head)
         self.backbone = Backbone(backbone, pretrained=pretrained, unfreeze_last=unfreeze, weights=weights)
-        self.neck = FPN(self.backbone.channels, width)
+        self.neck = build_neck(neck, self.backbone.channels, width, neck_block)
         self.head = DecoupledHead(num_classes, width, width, self.backbone.strides, depthwise=depthwise_head)
         self.strides = self.backbone.strides
         self._points = {}  # (H, W) -> anchor points, computed once per input size

@@ -10,8 +10,9 @@ the loss and post-processing all call it (or its paired twin ``paired_iou``).
 Differences from the papers:
 
 - TOOD uses Focal Loss on soft targets and a GIoU loss; here the classification
-  loss is plain BCE against the soft targets (the quality-score variant used by
-  YOLOv6/YOLOv8) and the box loss is selectable (IoU/GIoU/DIoU/CIoU).
+  loss is BCE against the soft targets by default (as YOLOv8), or Quality Focal
+  Loss (GFL) / Varifocal Loss (VarifocalNet), and the box loss is selectable
+  (IoU/GIoU/DIoU/CIoU).
 - Both terms are normalised by the sum of the soft targets (as YOLOv8/PP-YOLOE),
   not by the number of positives.
 - CIoU's ``alpha`` is computed without gradient, as in the authors' code, so it
@@ -118,6 +119,40 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
 BOX_LOSSES = {"iou": iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
 
+# --------------------------------------------------------------------------- classification losses
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise BCE against soft targets q in [0, 1]: -(q log p + (1 - q) log(1 - p)), p = sigmoid(x)."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+def quality_focal_loss(logits: torch.Tensor, target: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Quality Focal Loss (GFL, Li et al., NeurIPS 2020, eq. 5), elementwise:
+
+        QFL(p) = -|q - p|^beta * (q log p + (1 - q) log(1 - p))
+
+    BCE scaled by how far the prediction still is from its soft target: easy examples (mostly the
+    thousands of background points already near 0) fade out. beta = 0 gives plain BCE.
+    """
+    p = logits.sigmoid()
+    return bce_loss(logits, target) * (target - p).abs().pow(beta)
+
+
+def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0):
+    """Varifocal Loss (VarifocalNet, Zhang et al., CVPR 2021, eq. 2), elementwise:
+
+        VFL(p, q) = -q (q log p + (1 - q) log(1 - p))   if q > 0   (positives: weighted by their quality)
+                  = -alpha p^gamma log(1 - p)            if q = 0   (negatives: focal down-weighting)
+
+    Asymmetric: only negatives are down-weighted, so rare high-quality positives keep their full weight.
+    """
+    p = logits.sigmoid()
+    weight = torch.where(target > 0, target, alpha * p.pow(gamma))
+    return bce_loss(logits, target) * weight
+
+
+CLS_LOSSES = {"bce": bce_loss, "qfl": quality_focal_loss, "vfl": varifocal_loss}
+
+
 # --------------------------------------------------------------------------- detection loss
 class Assignment(NamedTuple):
     """What an assigner decides for every anchor point (see assign.py)."""
@@ -129,22 +164,25 @@ class Assignment(NamedTuple):
 
 
 class DetectionLoss(torch.nn.Module):
-    """cls BCE against soft targets + box IoU-loss on positives, both / max(sum of targets, 1).
+    """cls loss (BCE / QFL / VFL) against soft targets + box IoU-loss on positives, both / max(Σ targets, 1).
 
     Images without objects have all-zero targets: they add only the (background) classification term.
     """
 
-    def __init__(self, box_loss: str = "giou", cls_weight: float = 1.0, box_weight: float = 2.5):
+    def __init__(self, box_loss: str = "giou", cls_loss: str = "bce", cls_weight: float = 1.0,
+                 box_weight: float = 2.5):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {sorted(BOX_LOSSES)}, got {box_loss!r}")
-        self.box_loss_fn = BOX_LOSSES[box_loss]
+        if cls_loss not in CLS_LOSSES:
+            raise ValueError(f"cls_loss must be one of {sorted(CLS_LOSSES)}, got {cls_loss!r}")
+        self.box_loss_fn, self.cls_loss_fn = BOX_LOSSES[box_loss], CLS_LOSSES[cls_loss]
         self.cls_weight, self.box_weight = cls_weight, box_weight
 
     def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, a: Assignment) -> dict:
         cls_logits, pred_boxes = cls_logits.float(), pred_boxes.float()  # the loss always runs in fp32
         norm = a.target_scores.sum().clamp(min=1)  # max(Σ targets, 1): a batch of empty images divides by 1
-        loss_cls = F.binary_cross_entropy_with_logits(cls_logits, a.target_scores, reduction="sum") / norm
+        loss_cls = self.cls_loss_fn(cls_logits, a.target_scores).sum() / norm
         fg = a.fg_mask
         weight = a.target_scores.sum(-1)[fg]  # (P,) each positive counts as much as its soft target
         loss_box = (self.box_loss_fn(pred_boxes[fg], a.target_boxes[fg], reduction="none") * weight).sum() / norm

@@ -18,6 +18,17 @@ Differences from the paper:
 - Three levels (P3-P5) and no extra P6/P7: the objects here are small to medium.
 - 256 channels in the paper; a small width (64) here, because on a CPU every
   channel at stride 8 is expensive.
+
+Options (``build_neck``):
+
+- ``PAN`` (Liu et al., "Path Aggregation Network", CVPR 2018, sec. 3.1): after the
+  top-down path, a bottom-up path carries the precise low-level localisation of P3
+  back up: N3 = P3, N_{i+1} = fuse(P_{i+1} + down(N_i)) with a stride-2 3x3 conv.
+  The paper fuses with a 3x3 conv after the sum; so do we.
+- ``block="csp"``: every 3x3 fuse/smoothing conv becomes a CSP block (Wang et al.,
+  "CSPNet", CVPRW 2020), in the C3 form of YOLOv5 / YOLOX: split the channels
+  with two 1x1 convs, run a few residual bottlenecks on one half only, concat, 1x1
+  fuse. More depth for about the same cost as one full 3x3 conv.
 """
 from __future__ import annotations
 
@@ -45,16 +56,53 @@ def conv3x3(c_in: int, c_out: int, depthwise: bool = False) -> nn.Module:
     return ConvBNAct(c_in, c_out, 3)
 
 
+class Bottleneck(nn.Module):
+    """x + conv3x3(conv1x1(x)): the residual unit inside a CSP block."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.convs = nn.Sequential(ConvBNAct(c, c, 1), ConvBNAct(c, c, 3))
+
+    def forward(self, x):
+        return x + self.convs(x)
+
+
+class CSPBlock(nn.Module):
+    """Cross Stage Partial block (YOLOv5's C3): half the channels go through ``n`` bottlenecks,
+    the other half skips them; both are concatenated and fused by a 1x1 conv.
+    Only half the channels pay for the deep path, and the skip half keeps gradients short."""
+
+    def __init__(self, c_in: int, c_out: int, n: int = 1):
+        super().__init__()
+        hidden = c_out // 2
+        self.deep = nn.Sequential(ConvBNAct(c_in, hidden, 1), *(Bottleneck(hidden) for _ in range(n)))
+        self.skip = ConvBNAct(c_in, hidden, 1)
+        self.fuse = ConvBNAct(2 * hidden, c_out, 1)
+
+    def forward(self, x):
+        return self.fuse(torch.cat([self.deep(x), self.skip(x)], 1))  # (B, c_out, h, w)
+
+
+def fuse_block(c_in: int, c_out: int, block: str = "conv", depthwise: bool = False) -> nn.Module:
+    """The neck's 3x3 smoothing / fusing unit: a plain 3x3 ConvBNAct ("conv") or a CSP block ("csp")."""
+    if block == "csp":
+        return CSPBlock(c_in, c_out)
+    if block == "conv":
+        return conv3x3(c_in, c_out, depthwise)
+    raise ValueError(f"neck block must be 'conv' or 'csp', got {block!r}")
+
+
 class FPN(nn.Module):
     """``forward([C3, C4, C5]) -> [P3, P4, P5]``: same spatial sizes, ``out_channels`` each.
 
     Features are ordered from the highest resolution to the lowest.
     """
 
-    def __init__(self, in_channels: list[int], out_channels: int = 64, depthwise: bool = False):
+    def __init__(self, in_channels: list[int], out_channels: int = 64, block: str = "conv",
+                 depthwise: bool = False):
         super().__init__()
         self.laterals = nn.ModuleList(ConvBNAct(c, out_channels, 1, act=False) for c in in_channels)
-        self.smooth = nn.ModuleList(conv3x3(out_channels, out_channels, depthwise) for _ in in_channels)
+        self.smooth = nn.ModuleList(fuse_block(out_channels, out_channels, block, depthwise) for _ in in_channels)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         lat = [l(f) for l, f in zip(self.laterals, feats)]  # L_i: (B, out, h_i, w_i)
@@ -63,3 +111,33 @@ class FPN(nn.Module):
             # size= (not scale_factor=2) so odd sizes work: 13x13 -> 26x26 but 7x7 -> 13x13 needs size.
             lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
         return [s(t) for s, t in zip(self.smooth, lat)]  # P_i: (B, out, h_i, w_i)
+
+
+class PAN(FPN):
+    """FPN + PANet's bottom-up path. Same contract: ``forward([C3, C4, C5]) -> [N3, N4, N5]``."""
+
+    def __init__(self, in_channels: list[int], out_channels: int = 64, block: str = "conv",
+                 depthwise: bool = False):
+        super().__init__(in_channels, out_channels, block, depthwise)
+        n = len(in_channels) - 1
+        self.downs = nn.ModuleList(ConvBNAct(out_channels, out_channels, 3, stride=2) for _ in range(n))
+        self.fuses = nn.ModuleList(fuse_block(out_channels, out_channels, block, depthwise) for _ in range(n))
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = super().forward(feats)  # [P3, P4, P5] from the top-down path
+        for i in range(len(outs) - 1):  # bottom-up: N3 = P3, N_{i+1} = fuse(P_{i+1} + down(N_i))
+            down = self.downs[i](outs[i])
+            # A stride-2 conv of an odd-sized map gives ceil(h/2): crop to the coarser level's size.
+            down = down[..., :outs[i + 1].shape[-2], :outs[i + 1].shape[-1]]
+            outs[i + 1] = self.fuses[i](outs[i + 1] + down)
+        return outs
+
+
+NECKS = {"fpn": FPN, "pan": PAN}
+
+
+def build_neck(kind: str, in_channels: list[int], out_channels: int = 64, block: str = "conv") -> nn.Module:
+    """``kind`` in {"fpn", "pan"}, ``block`` in {"conv", "csp"}."""
+    if kind not in NECKS:
+        raise ValueError(f"neck must be one of {sorted(NECKS)}, got {kind!r}")
+    return NECKS[kind](in_channels, out_channels, block)

@@ -29,14 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from assign import SimpleAssigner, TaskAlignedAssigner
-from data import (DataError, DetectionDataset, build_transforms, collate, dataset_image_size, load_class_names,
-                  pad_targets, resolve_data_root)
+from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
+                  load_class_names, pad_targets, resolve_data_root)
 from detector import Detector
 from evaluate import evaluate, format_results
-from losses import BOX_LOSSES, DetectionLoss
+from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
+from neck import NECKS
 
 
 def parse_args(argv=None):
@@ -54,11 +56,20 @@ def parse_args(argv=None):
     p.add_argument("--weights", default=None, help="backbone weights file (timm or efficientnet_pytorch keys)")
     p.add_argument("--unfreeze", type=int, default=2, help="train the last K backbone blocks (0 frozen, -1 all)")
     p.add_argument("--width", type=int, default=64, help="neck and head channels")
+    p.add_argument("--neck", choices=sorted(NECKS), default="fpn", help="fpn: top-down only; pan: + bottom-up")
+    p.add_argument("--neck-block", choices=["conv", "csp"], default="conv", help="neck fuse unit: 3x3 conv or CSP")
     p.add_argument("--assigner", choices=["tal", "simple"], default="tal")
     p.add_argument("--warmup-assigner-epochs", type=int, default=0,
                    help="use the simple assigner for the first N epochs, then --assigner")
+    p.add_argument("--tal-topk", type=int, default=13, help="TAL: positives per GT")
+    p.add_argument("--tal-alpha", type=float, default=1.0, help="TAL: exponent of the class score")
+    p.add_argument("--tal-beta", type=float, default=6.0, help="TAL: exponent of the IoU")
     p.add_argument("--box-loss", choices=sorted(BOX_LOSSES), default="giou")
-    p.add_argument("--no-aug", action="store_true", help="no train augmentation (letterbox + normalise only)")
+    p.add_argument("--cls-loss", choices=sorted(CLS_LOSSES), default="bce")
+    p.add_argument("--aug", choices=AUG_LEVELS, default="basic", help="train augmentation level")
+    p.add_argument("--no-aug", action="store_true", help="same as --aug none")
+    p.add_argument("--close-mosaic", type=int, default=2, help="with --aug strong: basic aug for the last N epochs")
+    p.add_argument("--ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--out", default="runs", help="parent folder of run folders")
     p.add_argument("--name", default="exp", help="run folder name (runs/NAME)")
@@ -99,10 +110,18 @@ def make_scheduler(optimizer, total_iters: int, warmup_iters: int, final_ratio: 
 
 
 def assigner_for_epoch(epoch: int, args):
-    """The simple assigner for the first ``warmup_assigner_epochs`` epochs, then ``--assigner``."""
+    """The simple assigner for the first ``warmup_assigner_epochs`` epochs (0-based), then ``--assigner``."""
     if epoch < args.warmup_assigner_epochs or args.assigner == "simple":
         return SimpleAssigner()
-    return TaskAlignedAssigner()
+    return TaskAlignedAssigner(topk=args.tal_topk, alpha=args.tal_alpha, beta=args.tal_beta)
+
+
+def aug_for_epoch(epoch: int, args) -> str:
+    """``--aug``, except that strong (mosaic) aug drops to basic for the last ``close_mosaic`` epochs:
+    mosaic images are unlike test images, so the model finishes on realistic ones (YOLOX sec. 2.3)."""
+    if args.aug == "strong" and epoch >= args.epochs - args.close_mosaic:
+        return "basic"
+    return args.aug
 
 
 def amp_supported(device: torch.device) -> bool:
@@ -156,7 +175,7 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
     plt.close(fig)
 
 
-def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp) -> dict:
+def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None) -> dict:
     model.train()
     sums, n, skipped = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
@@ -183,6 +202,8 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(model, step=scheduler.last_epoch)  # last_epoch counts iterations here
         n += 1
         for key, name in (("loss", "total"), ("loss_cls", "cls"), ("loss_box", "box")):
             sums[key] += losses[name].item()
@@ -207,6 +228,8 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.amp is None:
         args.amp = amp_supported(device)
+    if args.no_aug:
+        args.aug = "none"
     seed_everything(args.seed)
 
     try:
@@ -219,11 +242,11 @@ def main(argv=None):
             print(f"[train] --img-size {args.img_size} is not a multiple of the largest stride 32: using {rounded}")
             args.img_size = rounded
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
-                         unfreeze=args.unfreeze, width=args.width)
+                         unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block)
         # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU).
         model = model.to(device, memory_format=torch.channels_last)
         mean, std = model.backbone.mean, model.backbone.std
-        train_ds = DetectionDataset(root, "train", build_transforms(args.img_size, True, mean, std, not args.no_aug),
+        train_ds = DetectionDataset(root, "train", build_transforms(args.img_size, True, mean, std, args.aug),
                                     class_names, seed=args.seed)
         val_ds = DetectionDataset(root, "validation", build_transforms(args.img_size, False, mean, std), class_names)
         test_ds = DetectionDataset(root, "test", build_transforms(args.img_size, False, mean, std), class_names)
@@ -241,10 +264,14 @@ def main(argv=None):
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     iters = len(train_loader)
     scheduler = make_scheduler(optimizer, args.epochs * iters, max(1, int(args.warmup_epochs * iters)))
-    criterion = DetectionLoss(args.box_loss)
+    criterion = DetectionLoss(args.box_loss, args.cls_loss)
+    # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).
+    ema = ModelEmaV3(model, decay=0.9998, use_warmup=True) if args.ema else None
     start_epoch, best_map, rows = 0, -1.0, []
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["train_model"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_map, rows = ckpt["epoch"] + 1, ckpt["best_map"], ckpt["history"]
@@ -261,16 +288,19 @@ def main(argv=None):
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         assigner = assigner_for_epoch(epoch, args)
-        train_ds.set_epoch(epoch)  # workers start anew each epoch (not persistent), so they see this
+        # Workers start anew each epoch (not persistent), so they see the new epoch and transform.
+        train_ds.set_epoch(epoch)
+        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug_for_epoch(epoch, args))
         stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
-                                args.amp)
+                                args.amp, ema)
         train_time = time.time() - t0
+        eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "assigner": type(assigner).__name__,
                **{k: round(v, 5) for k, v in stats.items()}, "train_s": round(train_time, 1),
                "val_map": "", "val_map50": "", "val_map75": ""}
         is_best = False
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
-            res, _ = evaluate(model, val_loader, device, desc="val", amp=args.amp)
+            res, _ = evaluate(eval_model, val_loader, device, desc="val", amp=args.amp)
             row.update(val_map=round(float(res["map"]), 5), val_map50=round(float(res["map_50"]), 5),
                        val_map75=round(float(res["map_75"]), 5))
             is_best = row["val_map"] > best_map
@@ -278,7 +308,9 @@ def main(argv=None):
         rows.append(row)
         print(f"epoch {epoch + 1}/{args.epochs}  loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} box "
               f"{row['loss_box']:.4f})  {train_time:.0f}s  val mAP {row['val_map']}  mAP50 {row['val_map50']}")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        # "model" holds the weights to evaluate (the EMA when --ema); "train_model" the raw ones to resume.
+        state = {"model": eval_model.state_dict(), "train_model": model.state_dict(),
+                 "ema": ema.module.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best_map": best_map, "history": rows,
                  "rng": {"loader": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate()},
@@ -294,7 +326,7 @@ def main(argv=None):
         plot_history(rows, run_dir)
 
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(best["model"])
+    model.load_state_dict(best["model"])  # the EMA weights when --ema
     res, _ = evaluate(model, test_loader, device, desc="test", amp=args.amp)
     print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
     print(format_results(res, class_names))

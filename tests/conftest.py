@@ -62,7 +62,8 @@ def write_split(root: Path, split: str, rows: list[dict]) -> None:
     pd.DataFrame(rows).to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
 
 
-def make_dataset(root: Path, sizes=None, image_size: int = 128, seed: int = 0, empty_images: int = 0) -> Path:
+def make_dataset(root: Path, sizes=None, image_size: int = 128, seed: int = 0, empty_images: int = 0,
+                 max_boxes: int = 3) -> Path:
     """Write train/validation/test splits of synthetic images; returns ``root``."""
     sizes = sizes or {"train": 48, "validation": 16, "test": 16}
     rng = np.random.default_rng(seed)
@@ -70,7 +71,7 @@ def make_dataset(root: Path, sizes=None, image_size: int = 128, seed: int = 0, e
     for split, n in sizes.items():
         rows = []
         for i in range(n):
-            img, boxes, cats = synthetic_image(rng, image_size)
+            img, boxes, cats = synthetic_image(rng, image_size, max_boxes)
             if i < empty_images:  # an image without objects is a valid sample
                 img, boxes, cats = rng.integers(90, 140, img.shape, dtype=np.uint8), np.zeros((0, 4)), []
             rows.append(make_row(image_id, encode_jpeg(img), image_size, boxes, cats))

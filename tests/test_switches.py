@@ -1,0 +1,185 @@
+"""The improvement switches: PAN/CSP neck, QFL/VFL, Soft-NMS/WBF/TTA, Mosaic, EMA, assigner warm-up."""
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import data
+import train
+from backbone import Backbone
+from conftest import make_dataset
+from evaluate import postprocess, predict, soft_nms, weighted_boxes_fusion
+from losses import bce_loss, quality_focal_loss, varifocal_loss
+from neck import PAN, CSPBlock, build_neck
+
+
+# --------------------------------------------------------------------------- neck
+@pytest.mark.parametrize("kind", ["fpn", "pan"])
+@pytest.mark.parametrize("block", ["conv", "csp"])
+@pytest.mark.parametrize("channels, size", [([40, 112, 320], 128), ([24, 48, 96], 96), ([64, 128, 256], 320)])
+def test_neck_shapes(kind, block, channels, size):
+    neck = build_neck(kind, channels, 32, block)
+    feats = [torch.randn(2, c, size // s, size // s) for c, s in zip(channels, (8, 16, 32))]
+    assert [o.shape for o in neck(feats)] == [torch.Size([2, 32, size // s, size // s]) for s in (8, 16, 32)]
+
+
+@pytest.mark.parametrize("block", ["conv", "csp"])
+def test_pan_gradients_reach_every_level_both_ways(block):
+    """PAN's bottom-up path: the coarsest output depends on the finest input (FPN's does not)."""
+    neck = PAN([8, 16, 32], 16, block)
+    feats = [torch.randn(1, c, s, s, requires_grad=True) for c, s in zip([8, 16, 32], [8, 4, 2])]
+    outs = neck(feats)
+    for out in outs:
+        for f in feats:
+            assert torch.autograd.grad(out.sum(), f, retain_graph=True)[0].abs().sum() > 0
+    for name, p in neck.named_parameters():
+        assert torch.autograd.grad(sum(o.sum() for o in neck(feats)), p)[0] is not None, name
+
+
+def test_csp_block_splits_and_fuses():
+    block = CSPBlock(16, 32)
+    assert block(torch.randn(1, 16, 5, 5)).shape == (1, 32, 5, 5)
+    assert block.deep[0][0].out_channels == 16 and block.skip[0].out_channels == 16
+
+
+# --------------------------------------------------------------------------- classification losses
+def test_qfl_hand_computed_and_beta0_is_bce():
+    x, q = torch.tensor([0.0, 2.0]), torch.tensor([0.5, 0.0])
+    p = torch.sigmoid(x)
+    expected = torch.stack([-(0.5 * torch.log(p[0]) + 0.5 * torch.log(1 - p[0])) * (0.5 - p[0]).abs() ** 2,
+                            -torch.log(1 - p[1]) * p[1] ** 2])
+    torch.testing.assert_close(quality_focal_loss(x, q), expected)
+    assert quality_focal_loss(torch.tensor([0.0]), torch.tensor([0.5]))[0] == 0  # p = q: nothing to learn
+    x, q = torch.randn(50), torch.rand(50)
+    torch.testing.assert_close(quality_focal_loss(x, q, beta=0.0), bce_loss(x, q))
+
+
+def test_vfl_hand_computed():
+    x, q = torch.tensor([1.0, -1.0]), torch.tensor([0.8, 0.0])
+    p = torch.sigmoid(x)
+    pos = -0.8 * (0.8 * torch.log(p[0]) + 0.2 * torch.log(1 - p[0]))
+    neg = -0.75 * p[1] ** 2 * torch.log(1 - p[1])
+    torch.testing.assert_close(varifocal_loss(x, q), torch.stack([pos, neg]))
+    # Negatives with alpha = 1, gamma = 0 are plain BCE.
+    x = torch.randn(20)
+    torch.testing.assert_close(varifocal_loss(x, torch.zeros(20), alpha=1.0, gamma=0.0), bce_loss(x, torch.zeros(20)))
+
+
+# --------------------------------------------------------------------------- post-processing
+def test_soft_nms_gaussian_decay():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]])
+    scores, labels = torch.tensor([0.9, 0.8, 0.7]), torch.zeros(3, dtype=torch.long)
+    keep, new = soft_nms(boxes, scores, labels, sigma=0.5)
+    iou = torchvision.ops.box_iou(boxes[:1], boxes[1:2])[0, 0]
+    out = dict(zip(keep.tolist(), new.tolist()))
+    assert out[0] == pytest.approx(0.9) and out[2] == pytest.approx(0.7)  # disjoint box untouched
+    assert out[1] == pytest.approx(0.8 * math.exp(-iou.item() ** 2 / 0.5))
+
+
+def test_soft_nms_is_class_aware():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]])
+    keep, new = soft_nms(boxes, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]))
+    assert new.tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_soft_nms_hard_limit_equals_nms():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(200, 2, generator=g) * 40 + 2], 1)
+    scores, labels = torch.rand(200, generator=g), torch.randint(0, 3, (200,), generator=g)
+    keep, _ = soft_nms(boxes, scores, labels, iou_thresh=0.5, method="hard", score_thresh=0.0, max_det=1000)
+    ref = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)
+    assert keep.tolist() == ref.tolist()
+
+
+def test_wbf_fuses_to_score_weighted_mean():
+    boxes = torch.tensor([[10.0, 10, 30, 30], [12, 12, 32, 32], [60, 60, 70, 70]])
+    scores, labels = torch.tensor([0.9, 0.6, 0.5]), torch.tensor([0, 0, 0])
+    fused, fused_scores, fused_labels = weighted_boxes_fusion(boxes, scores, labels, (100, 100))
+    mean = (0.9 * boxes[0] + 0.6 * boxes[1]) / 1.5
+    torch.testing.assert_close(fused[0], mean)
+    assert fused_scores[0].item() == pytest.approx(0.75) and len(fused) == 2
+    torch.testing.assert_close(fused[1], boxes[2])
+
+
+@pytest.mark.parametrize("method", ["nms", "soft-nms", "wbf"])
+def test_postprocess_methods_keep_the_obvious_detection(method):
+    logits = torch.full((1, 3, 2), -10.0)
+    logits[0, 0, 1], logits[0, 1, 1] = 3.0, 2.0  # two overlapping class-1 boxes
+    boxes = torch.tensor([[[10.0, 10, 50, 50], [11, 11, 51, 51], [0, 0, 5, 5]]])
+    det = postprocess(logits, boxes, method=method, image_size=(64, 64))[0]
+    assert det["labels"][0] == 1 and det["scores"][0] > 0.85
+    assert torchvision.ops.box_iou(det["boxes"][:1], boxes[0, :1])[0, 0] > 0.95
+
+
+def test_tta_flips_boxes_back():
+    class Fixed(torch.nn.Module):
+        """Predicts the pixel span of the brightest column: a flip-equivariant "detector"."""
+        def forward(self, images):
+            col = images[0, 0].sum(0).argmax().float()
+            return torch.zeros(1, 1, 2), torch.stack([col, col * 0, col + 1, col * 0 + 4])[None, None], None
+
+    images = torch.zeros(1, 3, 8, 32)
+    images[..., 5] = 1.0
+    _, boxes = predict(Fixed(), images, tta=True)
+    assert boxes.shape == (1, 2, 4)
+    # The flipped pass sees the column at 26, predicts [26, 0, 27, 4] and maps it back to [5, 0, 6, 4].
+    torch.testing.assert_close(boxes[0, 1], torch.tensor([5.0, 0, 6, 4]))
+    torch.testing.assert_close(boxes[0, 0], boxes[0, 1])
+
+
+# --------------------------------------------------------------------------- schedules
+def test_warmup_assigner_switch():
+    args = argparse.Namespace(assigner="tal", warmup_assigner_epochs=3, tal_topk=13, tal_alpha=1.0, tal_beta=6.0)
+    assert type(train.assigner_for_epoch(2, args)).__name__ == "SimpleAssigner"
+    assert type(train.assigner_for_epoch(3, args)).__name__ == "TaskAlignedAssigner"
+    args.assigner = "simple"
+    assert type(train.assigner_for_epoch(10, args)).__name__ == "SimpleAssigner"
+
+
+def test_close_mosaic():
+    args = argparse.Namespace(aug="strong", epochs=10, close_mosaic=2)
+    assert [train.aug_for_epoch(e, args) for e in (0, 7, 8, 9)] == ["strong", "strong", "basic", "basic"]
+
+
+# --------------------------------------------------------------------------- mosaic
+def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
+    # One rectangle per source image, so a box's centre pixel always shows its own class colour.
+    root = make_dataset(tmp_path, sizes={"train": 12, "validation": 1, "test": 1}, image_size=96, max_boxes=1)
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    ds = data.DetectionDataset(root, "train", data.build_transforms(96, True, mean, std, "strong"))
+    seen = 0
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            image, t = ds[i]
+            img = data.to_uint8_image(image, mean, std).astype(int)
+            for box, label in zip(t["boxes"].tolist(), t["labels"].tolist()):
+                x1, y1, x2, y2 = box
+                assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+                # The centre pixel of a box carries its class colour (red 0 / blue 1), up to colour jitter.
+                r, _, b = img[int((y1 + y2) / 2), int((x1 + x2) / 2)]
+                assert (r > b) == (label == 0), (box, label, r, b)
+                seen += 1
+    assert seen > 20
+
+
+# --------------------------------------------------------------------------- EMA, other backbones
+def test_ema_weights_are_evaluated_and_saved(tmp_path):
+    root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
+    train.main(["--data", str(root), "--out", str(tmp_path), "--name", "ema", "--workers", "0", "--epochs", "1",
+                "--batch-size", "4", "--img-size", "64", "--ema"])
+    ckpt = torch.load(tmp_path / "ema" / "last.pt", weights_only=False)
+    key = "head.cls_preds.0.weight"
+    torch.testing.assert_close(ckpt["model"][key], ckpt["ema"][key])
+    assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])
+
+
+@pytest.mark.parametrize("name, channels", [("efficientnet_b0", [40, 112, 320]), ("resnet50", [512, 1024, 2048])])
+def test_other_backbones_work_offline(name, channels):
+    with pytest.warns(UserWarning, match="RANDOM INIT"):
+        bb = Backbone(name, pretrained=True, unfreeze_last=1)
+    assert [f.shape[1] for f in bb(torch.zeros(1, 3, 64, 64))] == channels
