@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import os
 import random
 import socket
@@ -50,6 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
+from PIL import Image
 
 HF_DATASET = "Francesco/halo-infinite-angel-videogame"
 # Class names of the course dataset, used when a dataset has no card. Index = model class id.
@@ -161,9 +163,21 @@ class Record:
     """One image: its encoded bytes and its boxes, already in the repo's format."""
     image_id: int
     image_bytes: bytes
-    boxes: np.ndarray   # (N, 4) float32 xyxy pixels
+    boxes: np.ndarray   # (N, 4) float32 xyxy pixels, inside the image
     labels: np.ndarray  # (N,) int64, 0-based model class ids
-    where: str          # "file.parquet row 12 (image_id 34)", for error messages
+    where: str          # "file.parquet row 12 (image_id 34)", for messages
+
+
+@dataclass
+class Problem:
+    """Something wrong with a row. ``fatal``: data had to be thrown away (a box or the whole image);
+    otherwise it was repaired (clipped). With ``strict`` every problem is an error."""
+    where: str
+    what: str
+    fatal: bool
+
+    def __str__(self):
+        return f"{self.where}: {self.what}"
 
 
 def coco_to_xyxy(xywh: np.ndarray) -> np.ndarray:
@@ -172,29 +186,59 @@ def coco_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
 
-def _parse_row(row, num_classes: int, where: str) -> Record:
+def image_header_size(data: bytes | None) -> tuple[int, int] | None:
+    """(width, height) read from the image header only (fast), or None if the bytes are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:
+        return None
+
+
+def parse_row(row: dict, num_classes: int, where: str) -> tuple[Record | None, list[Problem]]:
+    """Check one parquet row and convert it. Bad boxes are dropped, boxes crossing the border clipped;
+    an unusable image gives ``None``. Every such decision is returned as a Problem."""
+    problems = []
     img = row["image"]
     data = img.get("bytes") if isinstance(img, dict) else None
-    if not data:
-        raise DataError(f"{where}: no image bytes")
+    size = image_header_size(data)
+    if size is None:
+        return None, [Problem(where, "image bytes could not be decoded (image skipped)", True)]
+    w, h = size
+    if (row.get("width"), row.get("height")) != (w, h):
+        problems.append(Problem(where, f"width/height columns say {row.get('width')}x{row.get('height')}, "
+                                       f"the image is {w}x{h} (the image's size is used)", False))
     objs = row["objects"] if row["objects"] is not None else {}
-    bbox = objs.get("bbox", [])
-    xywh = np.stack([np.asarray(b, dtype=np.float32) for b in bbox]) if len(bbox) else np.zeros((0, 4), np.float32)
-    if xywh.shape[1:] != (4,):
-        raise DataError(f"{where}: bbox must have 4 numbers [x, y, w, h], got shape {xywh.shape}")
-    bad = np.nonzero((xywh[:, 2] <= 0) | (xywh[:, 3] <= 0) | ~np.isfinite(xywh).all(1))[0]
-    if len(bad):
-        raise DataError(f"{where}: box {int(bad[0])} has non-positive width/height {xywh[bad[0]].tolist()} "
-                        "(COCO x, y, w, h)")
-    cats = np.asarray(objs.get("category", []), dtype=np.int64).reshape(-1)
+    bbox, cats = list(objs.get("bbox", [])), np.asarray(objs.get("category", []), dtype=np.int64).reshape(-1)
+    try:
+        xywh = np.array([np.asarray(b, dtype=np.float32) for b in bbox], dtype=np.float32).reshape(len(bbox), 4)
+    except ValueError:
+        return None, problems + [Problem(where, "bbox entries are not 4 numbers [x, y, w, h] (image skipped)", True)]
     if len(cats) != len(xywh):
-        raise DataError(f"{where}: {len(xywh)} boxes but {len(cats)} categories")
+        return None, problems + [Problem(where, f"{len(xywh)} boxes but {len(cats)} categories (image skipped)", True)]
     labels = cats - 1  # 1-based dataset category -> 0-based model class (id 0 is the RF100 placeholder)
-    out = np.nonzero((labels < 0) | (labels >= num_classes))[0]
-    if len(out):
-        raise DataError(f"{where}: category id {int(cats[out[0]])} is outside the class list "
-                        f"(valid: 1..{num_classes})")
-    return Record(int(row["image_id"]), data, coco_to_xyxy(xywh), labels, where)
+    boxes = coco_to_xyxy(xywh)
+    keep = np.ones(len(boxes), bool)
+    for k in range(len(boxes)):
+        if not np.isfinite(xywh[k]).all() or xywh[k, 2] <= 0 or xywh[k, 3] <= 0:
+            problems.append(Problem(where, f"box {k} {xywh[k].tolist()} has non-positive width/height "
+                                           "(COCO x, y, w, h; box dropped)", True))
+            keep[k] = False
+        elif not 0 <= labels[k] < num_classes:
+            problems.append(Problem(where, f"box {k}: category id {int(cats[k])} is outside the class list "
+                                           f"(valid: 1..{num_classes}; box dropped)", True))
+            keep[k] = False
+    inside = boxes.copy()
+    inside[:, 0::2] = inside[:, 0::2].clip(0, w)
+    inside[:, 1::2] = inside[:, 1::2].clip(0, h)
+    for k in np.nonzero(keep)[0]:
+        if np.abs(inside[k] - boxes[k]).max() > 1:  # more than rounding noise outside the image
+            gone = inside[k, 2] - inside[k, 0] < 1 or inside[k, 3] - inside[k, 1] < 1
+            problems.append(Problem(where, f"box {k} {boxes[k].round(1).tolist()} (xyxy) lies "
+                                           f"{'entirely' if gone else 'partly'} outside the {w}x{h} image "
+                                           f"({'dropped' if gone else 'clipped'})", bool(gone)))
+            keep[k] &= not gone
+    return Record(int(row["image_id"]), data, inside[keep], labels[keep], where), problems
 
 
 def split_files(root: Path, split: str) -> list[str]:
@@ -204,13 +248,41 @@ def split_files(root: Path, split: str) -> list[str]:
     return files
 
 
-def read_split(root: Path, split: str, num_classes: int) -> list[Record]:
-    """All rows of a split as Records (boxes xyxy, labels 0-based); bad rows raise DataError."""
-    records = []
+def scan_split(root: Path, split: str, num_classes: int) -> tuple[list[Record], list[Problem]]:
+    """Every usable row of a split as a Record (boxes xyxy, labels 0-based), and every problem found."""
+    records, problems, seen = [], [], set()
     for f in split_files(root, split):
-        df = pd.read_parquet(f)
+        try:
+            df = pd.read_parquet(f)
+        except Exception as e:
+            raise DataError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        missing = {"image_id", "image", "objects"} - set(df.columns)
+        if missing:
+            raise DataError(f"{f}: missing column(s) {sorted(missing)} (expected the Hugging Face RF100 layout)")
         for i, row in enumerate(df.to_dict("records")):
-            records.append(_parse_row(row, num_classes, f"{Path(f).name} row {i} (image_id {row['image_id']})"))
+            where = f"{Path(f).name} row {i} (image_id {row['image_id']})"
+            if row["image_id"] in seen:
+                problems.append(Problem(where, "duplicate image_id (COCO results would mix two images)", False))
+            seen.add(row["image_id"])
+            rec, found = parse_row(row, num_classes, where)
+            problems += found
+            if rec is not None:
+                records.append(rec)
+    return records, problems
+
+
+def read_split(root: Path, split: str, num_classes: int, strict: bool = False) -> list[Record]:
+    """The usable Records of a split. Problems are printed one line each plus a summary;
+    with ``strict`` the first problem raises a DataError naming the file and row instead."""
+    records, problems = scan_split(root, split, num_classes)
+    if problems and strict:
+        raise DataError(f"{problems[0]}  [--strict: fix the row or train without --strict]")
+    for p in problems:
+        print(f"[data] warning: {p}", file=sys.stderr)
+    if problems:
+        dropped = sum(p.fatal for p in problems)
+        print(f"[data] {split}: {len(problems)} problem(s), {dropped} box(es)/image(s) dropped, "
+              f"{len(problems) - dropped} repaired; `python data.py --check` lists them", file=sys.stderr)
     return records
 
 
@@ -276,10 +348,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     """One split of a parquet detection dataset. Item: (image (3,S,S) float, {"boxes", "labels", "image_id"})."""
 
     def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None,
-                 seed: int = 0):
-        self.root = Path(root)
+                 seed: int = 0, strict: bool = False):
+        self.root, self.strict = Path(root), strict
         self.class_names = class_names or load_class_names(self.root)
-        self.records = read_split(self.root, split, len(self.class_names))
+        self.records = read_split(self.root, split, len(self.class_names), strict)
+        if not self.records:
+            raise DataError(f"{self.root}: the {split} split has no usable image")
         self.transform = transform
         self.seed, self.epoch = seed, 0
 
@@ -292,17 +366,20 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def load(self, i: int) -> dict:
-        """Decoded image (H,W,3) uint8 and its boxes clipped to it (albumentations refuses boxes outside)."""
+        """Decoded image (H,W,3) uint8 with its boxes (already clipped to the image by ``parse_row``)."""
         rec = self.records[i]
-        image = decode_image(rec)
-        h, w = image.shape[:2]
-        boxes = rec.boxes.copy()
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        return {"image": image, "bboxes": boxes[keep], "labels": rec.labels[keep]}
+        return {"image": decode_image(rec), "bboxes": rec.boxes, "labels": rec.labels}
 
     def __getitem__(self, i):
+        try:
+            return self._item(i)
+        except DataError as e:  # bytes with a valid header but a broken body: only found when decoding
+            if self.strict:
+                raise
+            print(f"[data] warning: {e} (skipped, using the next image)", file=sys.stderr)
+            return self[(i + 1) % len(self)]
+
+    def _item(self, i):
         rec = self.records[i]
         key = (self.seed, self.epoch, i)
         rng = np.random.default_rng(key)
@@ -381,9 +458,45 @@ def plot_augmentations(images: list[np.ndarray], targets: list[dict], class_name
     return fig
 
 
+def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8) -> bool:
+    """Print per split: images, boxes per class, empty images, box sizes, and every problem row.
+    Returns True when nothing had to be thrown away (no fatal problem)."""
+    ok = True
+    for split in SPLITS:
+        try:
+            records, problems = scan_split(root, split, len(class_names))
+        except DataError as e:
+            print(f"{split}: {e}")
+            ok = False
+            continue
+        labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, int)
+        boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4))
+        wh = boxes[:, 2:] - boxes[:, :2]
+        side = np.sqrt(wh.prod(1))  # sqrt(area): one number per box for its size
+        counts = np.bincount(labels, minlength=len(class_names))
+        print(f"\n== {split}: {len(records)} usable images, {sum(len(r.labels) == 0 for r in records)} without boxes, "
+              f"{len(labels)} boxes (" + ", ".join(f"{n} {c}" for n, c in zip(class_names, counts)) + ")")
+        if len(side):
+            q = np.percentile(side, [0, 10, 50, 90, 100]).round(1)
+            print(f"   box size sqrt(w*h) px: min {q[0]}  p10 {q[1]}  median {q[2]}  p90 {q[3]}  max {q[4]}")
+            small = wh.min(1) < finest_stride
+            per_class = ", ".join(f"{n} {int((small & (labels == c)).sum())}" for c, n in enumerate(class_names))
+            print(f"   boxes narrower or lower than the finest stride ({finest_stride} px): {int(small.sum())} "
+                  f"({per_class})")
+        fatal = [p for p in problems if p.fatal]
+        print(f"   problems: {len(problems)} ({len(fatal)} drop data, {len(problems) - len(fatal)} repaired)")
+        for p in problems:
+            print(f"   {'ERROR' if p.fatal else 'warn '} {p}")
+        ok &= not fatal
+    return ok
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Inspect a parquet detection dataset.")
+    p = argparse.ArgumentParser(description="Inspect a parquet detection dataset: statistics and problem rows "
+                                            "(default), or a picture of augmented samples (--show-aug).")
     p.add_argument("--data", default=None, help="dataset root (default: auto, see README)")
+    p.add_argument("--check", action="store_true", help="statistics and problem rows (the default action); "
+                                                        "exit code 1 if a row has to be dropped")
     p.add_argument("--show-aug", type=int, default=0, metavar="N", help="save a grid of N augmented train samples")
     p.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="augmentation level for --show-aug")
     p.add_argument("--img-size", type=int, default=None)
@@ -399,20 +512,16 @@ def main(argv=None):
             size = args.img_size or dataset_image_size(root)
             ds = DetectionDataset(root, "train", build_transforms(size, True, cfg.mean, cfg.std, args.aug), names,
                                   seed=args.seed)
-            picks = np.random.default_rng(args.seed).choice(len(ds), args.show_aug, replace=False)
+            picks = np.random.default_rng(args.seed).choice(len(ds), min(args.show_aug, len(ds)), replace=False)
             samples = [ds[int(i)] for i in picks]
             fig = plot_augmentations([to_uint8_image(img, cfg.mean, cfg.std) for img, _ in samples],
                                      [t for _, t in samples], names)
             fig.savefig(args.out, dpi=80)
-            print(f"wrote {args.out} ({args.show_aug} samples, aug={args.aug}, {size} px)")
+            print(f"wrote {args.out} ({len(samples)} samples, aug={args.aug}, {size} px)")
             return
         print(f"classes: {names}")
-        for split in SPLITS:
-            recs = read_split(root, split, len(names))
-            counts = np.bincount(np.concatenate([r.labels for r in recs]), minlength=len(names))
-            empty = sum(len(r.labels) == 0 for r in recs)
-            print(f"{split:>10}: {len(recs)} images, {empty} without boxes, boxes per class "
-                  + ", ".join(f"{n}={c}" for n, c in zip(names, counts)))
+        if not check_dataset(root, names):
+            sys.exit(1)
     except DataError as e:
         sys.exit(f"data error: {e}")
 

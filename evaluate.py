@@ -142,7 +142,8 @@ def evaluate(model, loader, device="cpu", desc: str = "eval", amp: bool = False,
     ``tta``: add horizontally flipped predictions; ``post_kwargs`` go to ``postprocess``."""
     device = torch.device(device)
     model.eval()
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
+    # extended_summary keeps the precision/recall arrays for the PR plot.
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True)
     detections = []
     for images, targets in tqdm(loader, desc=desc, leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -183,32 +184,143 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not one of ours."""
 
 
-def load_checkpoint(path: str, device="cpu"):
-    """-> (model in eval mode, checkpoint dict). Raises CheckpointError with a readable message."""
-    from detector import build_detector
-
+def read_checkpoint(path: str) -> dict:
+    """torch.load with readable errors for a missing, corrupt or foreign file."""
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint written by train.py (no model_config/model)")
+    return ckpt
+
+
+def load_checkpoint(path: str, device="cpu"):
+    """-> (model in eval mode, checkpoint dict). Raises CheckpointError with a readable message."""
+    from detector import build_detector
+
+    ckpt = read_checkpoint(path)
     model = build_detector(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     return model.to(device, memory_format=torch.channels_last).eval(), ckpt
 
 
-def main(argv=None):
-    from data import DataError, DetectionDataset, build_transforms, collate, resolve_data_root
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"--device {name} asked for, but no CUDA GPU is available (use --device cpu)")
+    return torch.device(name)
 
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint: COCO mAP on a split.")
+
+def round_to_stride(size: int, stride: int = 32) -> int:
+    """Image sides must be multiples of the largest stride; round up (and say so)."""
+    if size % stride:
+        rounded = (size + stride - 1) // stride * stride
+        print(f"[size] {size} is not a multiple of the largest stride {stride}: using {rounded}")
+        return rounded
+    return size
+
+
+# --------------------------------------------------------------------------- pictures
+def plot_pr_curves(res: dict, class_names: list[str], iou_index: int = 0):
+    """Precision-recall curve per class at IoU 0.5 (``iou_index`` 0 of COCO's 0.50:0.05:0.95),
+    from torchmetrics' extended summary. Returns the matplotlib figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recall = torch.linspace(0, 1, res["precision"].shape[1])  # COCO's 101 recall points
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for k, c in enumerate(res["classes"].reshape(-1).tolist()):
+        prec = res["precision"][iou_index, :, k, 0, -1]  # all areas, 100 detections per image
+        valid = prec >= 0  # -1 marks recall levels the detector never reaches
+        ap50 = prec[valid].sum().item() / len(prec)
+        ax.plot(recall[valid], prec[valid], label=f"{class_names[c]} (AP50 {ap50:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall @ IoU 0.5")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_predictions(images: list, predictions: list[dict], class_names: list[str], targets: list[dict] | None = None,
+                     min_score: float = 0.3, cols: int = 3):
+    """Grid of images (H,W,3 uint8) with predictions (class colour + score) and, if given, ground truth
+    (white dashed). Returns the matplotlib figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from data import draw_boxes
+
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, img, pred) in enumerate(zip(axes.flat, images, predictions)):
+        ax.imshow(img)
+        if targets is not None:
+            t = targets[i]
+            draw_boxes(ax, t["boxes"], t["labels"], ["gt"] * len(class_names), linestyle="--", colors=["white"])
+        keep = pred["scores"] >= min_score
+        draw_boxes(ax, pred["boxes"][keep], pred["labels"][keep], class_names, scores=pred["scores"][keep])
+        ax.set_title(f"{int(keep.sum())} detections >= {min_score}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def detect_image_files(model, paths: list[Path], img_size: int, amp: bool = False, **post_kwargs):
+    """Run the model on image files of any size: letterbox, predict, map boxes back to the file's pixels.
+    -> list of (RGB uint8 image, detections dict)."""
+    import cv2
+
+    from data import build_transforms
+
+    tf = build_transforms(img_size, train=False, mean=model.backbone.mean, std=model.backbone.std)
+    out = []
+    device = next(model.parameters()).device
+    for path in tqdm(paths, desc="images", leave=False):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            print(f"warning: {path} is not a readable image, skipped", file=sys.stderr)
+            continue
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        x = tf(image=rgb, bboxes=torch.zeros(0, 4).numpy(), labels=[])["image"][None]
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            cls_logits, boxes, _ = model(x.to(device, memory_format=torch.channels_last))
+        det = {k: v.cpu() for k, v in postprocess(cls_logits, boxes, image_size=x.shape[-2:], **post_kwargs)[0].items()}
+        det["boxes"] = det["boxes"] / (img_size / max(rgb.shape[:2]))  # undo LongestMaxSize; padding is bottom/right
+        out.append((rgb, det))
+    return out
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Files and folders (searched for .jpg/.jpeg/.png/.bmp/.webp) -> sorted image paths."""
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    paths = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in exts)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise CheckpointError(f"--images {item}: no such file or folder")
+    if not paths:
+        raise CheckpointError(f"--images {' '.join(inputs)}: no image files found")
+    return paths
+
+
+def main(argv=None):
+    from data import (DataError, DetectionDataset, build_transforms, collate, load_class_names, resolve_data_root,
+                      to_uint8_image)
+
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint: COCO mAP on a split, pictures of predictions.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default=None, help="dataset root (default: the one auto-resolved, see README)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--img-size", type=int, default=None, help="default: the size the model was trained at")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--score-thresh", type=float, default=0.01)
     p.add_argument("--iou-thresh", type=float, default=0.6, help="NMS / hard Soft-NMS IoU threshold")
     p.add_argument("--nms", choices=NMS_METHODS, default="nms", help="how overlapping boxes are merged")
@@ -216,25 +328,60 @@ def main(argv=None):
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: as the checkpoint was trained)")
     p.add_argument("--save-json", default=None, help="write COCO-style detections to this file")
+    p.add_argument("--pr", default=None, help="precision-recall plot (default: pr.png next to the checkpoint)")
+    p.add_argument("--save-images", default=None, metavar="DIR", help="draw predictions + ground truth into DIR")
+    p.add_argument("--num", type=int, default=12, help="how many images --save-images draws")
+    p.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                   help="run on these image files / folders instead of the dataset (drawings go to --save-images)")
+    p.add_argument("--show-thresh", type=float, default=0.3, help="lowest score drawn")
     args = p.parse_args(argv)
+    post = dict(method=args.nms, score_thresh=args.score_thresh, iou_thresh=args.iou_thresh)
     try:
-        model, ckpt = load_checkpoint(args.checkpoint)
-        root = resolve_data_root(args.data)
+        device = resolve_device(args.device)
+        model, ckpt = load_checkpoint(args.checkpoint, device)
         names = ckpt["class_names"]
-        size = args.img_size or ckpt["train_args"]["img_size"]
+        size = round_to_stride(args.img_size or ckpt["train_args"]["img_size"])
+        amp = ckpt["train_args"].get("amp", False) if args.amp is None else args.amp
+        if args.images:
+            out_dir = Path(args.save_images or "predictions")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for path, (img, det) in zip(list_images(args.images), detect_image_files(
+                    model, list_images(args.images), size, amp, **post)):
+                fig = plot_predictions([img], [det], names, min_score=args.show_thresh, cols=1)
+                fig.savefig(out_dir / f"{path.stem}_pred.png", dpi=100)
+                print(f"{path}: {int((det['scores'] >= args.show_thresh).sum())} detections -> "
+                      f"{out_dir / (path.stem + '_pred.png')}")
+            return
+        root = resolve_data_root(args.data)
+        data_names = load_class_names(root)
+        if len(data_names) != len(names):
+            raise CheckpointError(f"the checkpoint was trained for {len(names)} classes {names}, the dataset at {root} "
+                                  f"has {len(data_names)} {data_names}")
         tf = build_transforms(size, train=False, mean=model.backbone.mean, std=model.backbone.std)
         ds = DetectionDataset(root, args.split, tf, class_names=names)
     except (CheckpointError, DataError) as e:
         sys.exit(f"error: {e}")
     loader = torch.utils.data.DataLoader(ds, args.batch_size, collate_fn=collate)
-    amp = ckpt["train_args"].get("amp", False) if args.amp is None else args.amp
-    res, dets = evaluate(model, loader, amp=amp, tta=args.tta, method=args.nms, score_thresh=args.score_thresh,
-                         iou_thresh=args.iou_thresh)
+    res, dets = evaluate(model, loader, device, amp=amp, tta=args.tta, **post)
     print(f"{args.split} split, {len(ds)} images, {size} px, {args.nms}{' + flip TTA' if args.tta else ''}")
     print(format_results(res, names))
+    pr_path = Path(args.pr) if args.pr else Path(args.checkpoint).parent / "pr.png"
+    plot_pr_curves(res, names).savefig(pr_path, dpi=100)
+    print(f"wrote {pr_path}")
     if args.save_json:
         Path(args.save_json).write_text(json.dumps(to_coco_json(dets)))
         print(f"wrote {args.save_json}")
+    if args.save_images:
+        out_dir = Path(args.save_images)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        mean, std = model.backbone.mean, model.backbone.std
+        for start in range(0, min(args.num, len(ds)), 6):  # 6 images per picture
+            idx = range(start, min(start + 6, args.num, len(ds)))
+            samples = [ds[i] for i in idx]
+            fig = plot_predictions([to_uint8_image(img, mean, std) for img, _ in samples], [dets[i] for i in idx],
+                                   names, [t for _, t in samples], min_score=args.show_thresh)
+            fig.savefig(out_dir / f"{args.split}_{start:04d}.png", dpi=80)
+        print(f"wrote drawings of {min(args.num, len(ds))} {args.split} images to {out_dir}")
 
 
 if __name__ == "__main__":

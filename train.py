@@ -36,7 +36,8 @@ from assign import SimpleAssigner, TaskAlignedAssigner
 from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
                   load_class_names, pad_targets, resolve_data_root)
 from detector import Detector
-from evaluate import evaluate, format_results
+from evaluate import (CheckpointError, evaluate, format_results, plot_pr_curves, read_checkpoint, resolve_device,
+                      round_to_stride)
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
 from neck import NECKS
 
@@ -72,7 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--out", default="runs", help="parent folder of run folders")
-    p.add_argument("--name", default="exp", help="run folder name (runs/NAME)")
+    p.add_argument("--name", default="exp", help="run folder name (runs/NAME; runs/NAME-2 if taken)")
+    p.add_argument("--exist-ok", action="store_true", help="reuse runs/NAME even if it exists (overwrites)")
+    p.add_argument("--strict", action="store_true", help="any problem row in the data is an error")
+    p.add_argument("--max-bad-steps", type=int, default=10,
+                   help="stop after this many consecutive steps with a non-finite loss")
     p.add_argument("--resume", default=None, help="path of a last.pt to continue from")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -134,13 +139,17 @@ def amp_supported(device: torch.device) -> bool:
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def new_run_dir(out: str, name: str) -> Path:
-    """runs/NAME, or runs/NAME-2, -3 ... so an earlier run is never overwritten."""
+def new_run_dir(out: str, name: str, exist_ok: bool = False) -> Path:
+    """runs/NAME, or runs/NAME-2, -3 ... so an earlier run is never overwritten (unless ``exist_ok``)."""
     path, k = Path(out) / name, 2
-    while path.exists():
+    while path.exists() and not exist_ok:
         path, k = Path(out) / f"{name}-{k}", k + 1
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=exist_ok)
     return path
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive steps with a NaN/inf loss: training has diverged."""
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -175,9 +184,10 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
     plt.close(fig)
 
 
-def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None) -> dict:
+def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None,
+                    max_bad_steps: int = 10) -> dict:
     model.train()
-    sums, n, skipped = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0, 0
+    sums, n, skipped, bad_in_a_row = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
     t0 = time.time()
     for images, targets in bar:
@@ -191,12 +201,20 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
                               gt_labels, gt_boxes, gt_mask)
         losses = criterion(cls_logits, pred_boxes, assignment)
         if not torch.isfinite(losses["total"]):
-            skipped += 1
+            # Skip the update (one bad batch must not poison the weights), but count: a run of them means
+            # training diverged (LR too high, broken data) and going on would only waste hours.
+            skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
             ids = [t["image_id"] for t in targets]
-            tqdm.write(f"warning: non-finite loss, step skipped (image ids {ids})")
+            tqdm.write(f"warning: non-finite loss {{{', '.join(f'{k}: {v.item():.3g}' for k, v in losses.items())}}}"
+                       f", step skipped (image ids {ids})")
+            if bad_in_a_row >= max_bad_steps:
+                raise NonFiniteLoss(f"{bad_in_a_row} consecutive steps had a non-finite loss (last image ids {ids}); "
+                                    "training has diverged. Try a lower --lr, or check the data with "
+                                    "`python data.py --check`. Resume from the last good last.pt.")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             continue
+        bad_in_a_row = 0
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
@@ -217,15 +235,15 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
 def main(argv=None):
     args = parse_args(argv)
     ckpt = None
-    if args.resume:
-        if not Path(args.resume).is_file():
-            sys.exit(f"error: --resume {args.resume}: no such checkpoint")
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
-        args = argparse.Namespace(**ckpt["train_args"])  # continue with exactly the settings it started with
-        args.resume = str(Path(ckpt["run_dir"]) / "last.pt")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"error: --device {args.device} asked for, but no CUDA GPU is available (use --device cpu)")
-    device = torch.device(args.device)
+    try:
+        if args.resume:
+            ckpt = read_checkpoint(args.resume)
+            # Continue with exactly the settings it started with (defaults for flags added since).
+            args = argparse.Namespace(**(vars(parse_args([])) | ckpt["train_args"]))
+            args.resume = str(Path(ckpt["run_dir"]) / "last.pt")
+        device = resolve_device(args.device)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
     if args.amp is None:
         args.amp = amp_supported(device)
     if args.no_aug:
@@ -237,19 +255,18 @@ def main(argv=None):
         class_names = load_class_names(root)
         if args.img_size is None:
             args.img_size = dataset_image_size(root)
-        if args.img_size % 32:
-            rounded = (args.img_size + 31) // 32 * 32
-            print(f"[train] --img-size {args.img_size} is not a multiple of the largest stride 32: using {rounded}")
-            args.img_size = rounded
+        args.img_size = round_to_stride(args.img_size)
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
                          unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block)
         # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU).
         model = model.to(device, memory_format=torch.channels_last)
         mean, std = model.backbone.mean, model.backbone.std
         train_ds = DetectionDataset(root, "train", build_transforms(args.img_size, True, mean, std, args.aug),
-                                    class_names, seed=args.seed)
-        val_ds = DetectionDataset(root, "validation", build_transforms(args.img_size, False, mean, std), class_names)
-        test_ds = DetectionDataset(root, "test", build_transforms(args.img_size, False, mean, std), class_names)
+                                    class_names, seed=args.seed, strict=args.strict)
+        val_ds = DetectionDataset(root, "validation", build_transforms(args.img_size, False, mean, std), class_names,
+                                  strict=args.strict)
+        test_ds = DetectionDataset(root, "test", build_transforms(args.img_size, False, mean, std), class_names,
+                                   strict=args.strict)
     except DataError as e:
         sys.exit(f"data error: {e}")
     print(f"[train] classes {class_names}; {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images; "
@@ -282,7 +299,7 @@ def main(argv=None):
         run_dir = Path(ckpt["run_dir"])
         print(f"[train] resumed {args.resume} at epoch {start_epoch + 1}/{args.epochs}")
     else:
-        run_dir = new_run_dir(args.out, args.name)
+        run_dir = new_run_dir(args.out, args.name, args.exist_ok)
     print(f"[train] writing to {run_dir}")
 
     for epoch in range(start_epoch, args.epochs):
@@ -291,8 +308,11 @@ def main(argv=None):
         # Workers start anew each epoch (not persistent), so they see the new epoch and transform.
         train_ds.set_epoch(epoch)
         train_ds.transform = build_transforms(args.img_size, True, mean, std, aug_for_epoch(epoch, args))
-        stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
-                                args.amp, ema)
+        try:
+            stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
+                                    args.amp, ema, args.max_bad_steps)
+        except NonFiniteLoss as e:
+            sys.exit(f"error: {e}")
         train_time = time.time() - t0
         eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "assigner": type(assigner).__name__,
@@ -330,6 +350,7 @@ def main(argv=None):
     res, _ = evaluate(model, test_loader, device, desc="test", amp=args.amp)
     print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
     print(format_results(res, class_names))
+    plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
     print(f"TEST mAP@[.5:.95] {res['map']:.4f}  mAP50 {res['map_50']:.4f}  mAP75 {res['map_75']:.4f}")
     return res
 

@@ -100,24 +100,95 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
         data.resolve_data_root(str(tmp_path / "nowhere"), verbose=False)
 
 
-@pytest.mark.parametrize("bbox, cat, message", [
-    ([10, 10, -3, 5], 1, "non-positive width/height"),
-    ([10, 10, 5, 5], 9, "category id 9 is outside the class list"),
-])
-def test_bad_rows_name_file_and_row(tmp_path, bbox, cat, message):
+def write_rows_with(tmp_path, bad_row):
+    """A train split with one good row and ``bad_row``; returns the root."""
     img, _, _ = synthetic_image(np.random.default_rng(0), 64)
-    good = make_row(0, encode_jpeg(img), 64, [[1, 1, 5, 5]], [1])
-    bad = make_row(1, encode_jpeg(img), 64, [bbox], [cat])
-    write_split(tmp_path, "train", [good, bad])
-    with pytest.raises(data.DataError, match=f"train-00000-of-00001.parquet row 1 \\(image_id 1\\).*{message}"):
-        data.read_split(tmp_path, "train", num_classes=2)
+    write_split(tmp_path, "train", [make_row(0, encode_jpeg(img), 64, [[1, 1, 5, 5]], [1]), bad_row])
+    for split in ("validation", "test"):
+        write_split(tmp_path, split, [make_row(9, encode_jpeg(img), 64, [[1, 1, 5, 5]], [1])])
+    return tmp_path
 
 
-def test_unreadable_image_bytes_name_the_row(tmp_path):
-    write_split(tmp_path, "train", [make_row(3, b"not a jpeg", 64, [[1, 1, 5, 5]], [1])])
-    ds = data.DetectionDataset(tmp_path, "train", data.build_transforms(64, False, MEAN, STD), ["a", "b"])
-    with pytest.raises(data.DataError, match="row 0 \\(image_id 3\\).*could not be decoded"):
-        ds[0]
+def good_jpeg():
+    return encode_jpeg(synthetic_image(np.random.default_rng(1), 64)[0])
+
+
+BAD_ROWS = {  # kind -> (row, message, fatal, boxes left in that row when not strict)
+    "negative width": (lambda: make_row(1, good_jpeg(), 64, [[10, 10, -3, 5], [2, 2, 9, 9]], [1, 2]),
+                       "non-positive width/height", True, 1),
+    "zero height": (lambda: make_row(1, good_jpeg(), 64, [[10, 10, 5, 0]], [1]), "non-positive width/height", True, 0),
+    "category out of list": (lambda: make_row(1, good_jpeg(), 64, [[10, 10, 5, 5]], [9]),
+                             "category id 9 is outside the class list", True, 0),
+    "placeholder category 0": (lambda: make_row(1, good_jpeg(), 64, [[10, 10, 5, 5]], [0]),
+                               "category id 0 is outside the class list", True, 0),
+    "box partly outside": (lambda: make_row(1, good_jpeg(), 64, [[50, 50, 30, 5]], [1]), "partly outside", False, 1),
+    "box entirely outside": (lambda: make_row(1, good_jpeg(), 64, [[80, 80, 5, 5]], [1]), "entirely outside", True, 0),
+    "wrong width column": (lambda: make_row(1, good_jpeg(), 128, [[1, 1, 5, 5]], [1]), "the image is 64x64", False, 1),
+    "duplicate image id": (lambda: make_row(0, good_jpeg(), 64, [[1, 1, 5, 5]], [1]), "duplicate image_id", False, 1),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_bad_rows_strict_error_names_file_and_row(tmp_path, kind):
+    row, message, _, _ = BAD_ROWS[kind]
+    root = write_rows_with(tmp_path, row())
+    with pytest.raises(data.DataError, match=f"train-00000-of-00001.parquet row 1 \\(image_id \\d\\).*{message}"):
+        data.read_split(root, "train", num_classes=2, strict=True)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_bad_rows_default_warn_and_repair(tmp_path, kind, capsys):
+    row, message, fatal, left = BAD_ROWS[kind]
+    root = write_rows_with(tmp_path, row())
+    records = data.read_split(root, "train", num_classes=2)
+    assert len(records) == 2 and len(records[1].labels) == left
+    assert (records[1].boxes >= 0).all() and (records[1].boxes <= 64).all()
+    err = capsys.readouterr().err
+    assert message in err and "1 problem(s)" in err
+    # The loader then serves the row without crashing.
+    ds = data.DetectionDataset(root, "train", data.build_transforms(64, True, MEAN, STD), ["a", "b"])
+    assert ds[1][1]["boxes"].shape == (left, 4)
+    # data.py --check lists it and fails only when data had to be thrown away.
+    with pytest.raises(SystemExit) if fatal else _no_exit():
+        data.main(["--data", str(root), "--check"])
+    assert message in capsys.readouterr().out
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        assert kind is None, f"unexpected {kind}: {value}"
+
+
+def test_unreadable_image_bytes(tmp_path, capsys):
+    root = write_rows_with(tmp_path, make_row(3, b"not a jpeg", 64, [[1, 1, 5, 5]], [1]))
+    with pytest.raises(data.DataError, match="row 1 \\(image_id 3\\).*could not be decoded"):
+        data.read_split(root, "train", 2, strict=True)
+    assert len(data.read_split(root, "train", 2)) == 1  # skipped, with a warning
+    with pytest.raises(SystemExit):
+        data.main(["--data", str(root), "--check"])
+
+
+def test_truncated_image_is_skipped_by_the_loader(tmp_path, capsys):
+    broken = good_jpeg()[:1000]  # a valid header, a cut-off body: only decoding finds out
+    assert data.image_header_size(broken) == (64, 64)
+    root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
+    ds = data.DetectionDataset(root, "train", data.build_transforms(64, False, MEAN, STD), ["a", "b"])
+    image, target = ds[1]
+    assert target["image_id"] == 0  # the next image instead
+    assert "skipped" in capsys.readouterr().err
+    strict = data.DetectionDataset(root, "train", data.build_transforms(64, False, MEAN, STD), ["a", "b"], strict=True)
+    with pytest.raises(data.DataError, match="row 1"):
+        strict[1]
+
+
+def test_check_statistics(tiny_dataset, capsys):
+    data.main(["--data", str(tiny_dataset), "--check"])
+    out = capsys.readouterr().out
+    assert "== train: 48 usable images, 2 without boxes" in out
+    assert "problems: 0" in out and "finest stride" in out
 
 
 def test_make_dataset_splits(tmp_path):
