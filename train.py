@@ -339,10 +339,11 @@ def main(argv=None):
         save_atomic(state, run_dir / "last.pt")
         if is_best:
             save_atomic(state, run_dir / "best.pt")
-        with open(run_dir / "metrics.csv", "w", newline="") as f:
+        with open(run_dir / "metrics.csv.tmp", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(run_dir / "metrics.csv.tmp", run_dir / "metrics.csv")
         plot_history(rows, run_dir)
 
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
