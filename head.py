@@ -87,3 +87,59 @@ def make_anchor_points(feature_shapes, strides, device=None) -> tuple[torch.Tens
 def decode(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
     """points (A, 2) + distances (B, A, 4) -> boxes (B, A, 4) xyxy: (x - l, y - t, x + r, y + b)."""
     return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
+
+
+# --------------------------------------------------------------------------- pictures
+LEVEL_COLOURS = {8: "#ff9500", 16: "#34c759", 32: "#0a84ff"}
+
+
+def plot_anchor_points(image, points: torch.Tensor, strides: torch.Tensor, gt_boxes=None):
+    """The anchor points of every level on an image (H,W,3 uint8): one colour per stride, GT boxes in white.
+    Returns the matplotlib figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(image)
+    for s, colour in LEVEL_COLOURS.items():
+        sel = strides == s
+        if sel.any():
+            ax.scatter(points[sel, 0], points[sel, 1], s=(2 if s == 8 else 6 if s == 16 else 14), c=colour,
+                       label=f"stride {s}: {int(sel.sum())} points", alpha=0.8, linewidths=0)
+    for x1, y1, x2, y2 in ([] if gt_boxes is None else gt_boxes.tolist()):
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", lw=1.5))
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("anchor points: one per feature-map cell, at the cell centre")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_maps(image, cls_scores: torch.Tensor, feature_shapes, class_names: list[str], strides=(8, 16, 32)):
+    """Per-level classification heat-maps for one image: ``cls_scores`` (A, C) probabilities, levels
+    concatenated as in ``make_anchor_points``. Rows: classes; columns: the image, then one map per level."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cls = cls_scores.shape[1]
+    fig, axes = plt.subplots(n_cls, len(feature_shapes) + 1, figsize=(3 * (len(feature_shapes) + 1), 3 * n_cls),
+                             squeeze=False)
+    maps, start = [], 0
+    for h, w in feature_shapes:
+        maps.append(cls_scores[start:start + h * w].reshape(h, w, n_cls))
+        start += h * w
+    for c in range(n_cls):
+        axes[c, 0].imshow(image)
+        axes[c, 0].set_title(class_names[c], fontsize=9)
+        vmax = max(0.05, max(float(m[..., c].max()) for m in maps))  # one colour scale per class row
+        for j, (m, s) in enumerate(zip(maps, strides)):
+            im = axes[c, j + 1].imshow(m[..., c].float(), vmin=0, vmax=vmax, cmap="magma")
+            axes[c, j + 1].set_title(f"stride {s} ({m.shape[0]}x{m.shape[1]}), max {m[..., c].max():.2f}",
+                                     fontsize=8)
+        fig.colorbar(im, ax=axes[c].tolist(), shrink=0.8, label=f"P({class_names[c]})")
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig

@@ -1,0 +1,155 @@
+"""Speed on this machine: how close training and inference come to the backbone's own cost.
+
+    python benchmark.py                          # sizes 320 416 640, default config, bf16 where supported
+    python benchmark.py --sizes 416 --threads 2 --no-amp
+
+A training step can't be faster than the backbone's forward + backward (with the same frozen /
+trainable blocks); everything else (neck, head, assigner, loss, optimizer) is overhead on top of
+that floor. Likewise inference can't beat the backbone's forward. The table shows, per image size:
+
+    backbone fwd+bwd     ms/img  the training floor (batch --batch-size)
+    train step           ms/img  forward + assign + loss + backward + AdamW step, data already in memory
+    loader               ms/img  decode + augment with the default DataLoader workers (train pipeline)
+    backbone fwd b1      ms      the inference floor, batch 1
+    inference b1         ms      model + post-processing (NMS), batch 1
+    inference b8         ms/img  the same at batch 8
+
+Each number is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from assign import TaskAlignedAssigner
+from data import DetectionDataset, build_transforms, collate, load_class_names, pad_targets, resolve_data_root
+from detector import Detector
+from evaluate import load_checkpoint, postprocess
+from losses import DetectionLoss
+from train import amp_supported, make_optimizer
+
+
+def timed(fn, repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_size(size: int, args, root, names) -> dict:
+    torch.manual_seed(0)
+    if args.checkpoint:  # trained weights: realistic numbers of candidates reach NMS
+        model, _ = load_checkpoint(args.checkpoint)
+    else:
+        model = Detector(len(names)).to(memory_format=torch.channels_last)
+    mean, std = model.backbone.mean, model.backbone.std
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp)  # noqa: E731
+    train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names)
+    b = args.batch_size
+    images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
+    images = images.contiguous(memory_format=torch.channels_last)
+    gt_boxes, gt_labels, gt_mask = pad_targets(targets)
+
+    # 1. the floor: backbone forward + backward through the same trainable blocks as training
+    model.train()
+
+    def backbone_step():
+        with autocast():
+            feats = model.backbone(images)
+        sum(f.float().mean() for f in feats).backward()
+
+    # 2. the full training step
+    assigner, criterion = TaskAlignedAssigner(), DetectionLoss()
+    optimizer = make_optimizer(model, 1e-4, 0.05)
+
+    def train_step():
+        with autocast():
+            cls_logits, pred_boxes, points = model(images)
+        a = assigner(cls_logits.detach().float().sigmoid(), pred_boxes.detach(), points, gt_labels, gt_boxes, gt_mask)
+        loss = criterion(cls_logits, pred_boxes, a)["total"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    r = {"size": size}
+    r["backbone_fb"] = timed(backbone_step, args.repeats, args.warmup) / b
+    r["train_step"] = timed(train_step, args.repeats, args.warmup) / b
+
+    # 3. data loading throughput with the default workers (a fresh pass over n_load images)
+    n_load = min(len(train_ds), b * args.repeats * 2)
+    subset = torch.utils.data.Subset(train_ds, range(n_load))
+
+    def load_all():
+        loader = torch.utils.data.DataLoader(subset, b, collate_fn=collate, num_workers=args.workers)
+        for _ in loader:
+            pass
+
+    r["loader"] = timed(load_all, 1, 0) / n_load
+
+    # 4. inference: backbone alone and the whole model + post-processing, batch 1 and batch 8
+    model.eval()
+    one, eight = images[:1], images[:1].repeat(8, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def infer(x):
+        with autocast():
+            cls_logits, boxes, _ = model(x)
+        return postprocess(cls_logits, boxes)
+
+    @torch.no_grad()
+    def backbone_fwd():
+        with autocast():
+            model.backbone(one)
+
+    r["backbone_fwd_b1"] = timed(backbone_fwd, args.repeats * 3, args.warmup)
+    r["infer_b1"] = timed(lambda: infer(one), args.repeats * 3, args.warmup)
+    r["infer_b8"] = timed(lambda: infer(eight), args.repeats, args.warmup) / 8
+    return r
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[320, 416, 640])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast (default: on where supported, as in train.py)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--data", default=None)
+    p.add_argument("--checkpoint", default=None, help="trained weights (else ImageNet backbone + fresh head); "
+                                                      "matters for post-processing time")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.amp is None:
+        args.amp = amp_supported(torch.device("cpu"))
+    root = resolve_data_root(args.data)
+    names = load_class_names(root)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast {'on' if args.amp else 'off'}, "
+          f"batch {args.batch_size}, {args.workers} loader workers, median of {args.repeats}")
+    rows = [bench_size(s, args, root, names) for s in args.sizes]
+    ms = 1000
+    print(f"\n{'size':>5} {'backbone fwd+bwd':>17} {'train step':>11} {'step/floor':>10} {'train img/s':>11} "
+          f"{'loader img/s':>12} {'backbone fwd b1':>16} {'infer b1':>9} {'infer/floor':>11} {'infer b8':>9}")
+    print(f"{'px':>5} {'ms/img':>17} {'ms/img':>11} {'':>10} {'':>11} {'':>12} {'ms':>16} {'ms':>9} {'':>11} "
+          f"{'ms/img':>9}")
+    for r in rows:
+        print(f"{r['size']:>5} {r['backbone_fb'] * ms:>17.1f} {r['train_step'] * ms:>11.1f} "
+              f"{r['train_step'] / r['backbone_fb']:>10.2f} {1 / r['train_step']:>11.1f} {1 / r['loader']:>12.1f} "
+              f"{r['backbone_fwd_b1'] * ms:>16.1f} {r['infer_b1'] * ms:>9.1f} "
+              f"{r['infer_b1'] / r['backbone_fwd_b1']:>11.2f} {r['infer_b8'] * ms:>9.1f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Every picture function renders from tensors with a tiny model (Agg backend, no display)."""
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+import data  # noqa: E402
+import visualize  # noqa: E402
+from assign import TaskAlignedAssigner, plot_assignment  # noqa: E402
+from detector import Detector  # noqa: E402
+from evaluate import plot_pr_curves, plot_predictions, postprocess  # noqa: E402
+from head import make_anchor_points, plot_anchor_points, plot_score_maps  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene():
+    torch.manual_seed(0)
+    model = Detector(2, pretrained=False).eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        cls_logits, boxes, points = model(image)
+    gt = torch.tensor([[8.0, 8.0, 40.0, 40.0], [30.0, 30.0, 34.0, 35.0]])
+    return model, image, cls_logits, boxes, points, gt, (image[0].permute(1, 2, 0) * 255).byte().numpy()
+
+
+def rendered(fig):
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())
+    assert pixels.shape[0] > 100 and pixels.std() > 0  # drew something, not a blank canvas
+    matplotlib.pyplot.close(fig)
+
+
+def test_anchor_points_figure(scene):
+    _, _, _, _, _, gt, img = scene
+    points, strides = make_anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
+    rendered(plot_anchor_points(img, points, strides, gt))
+
+
+@pytest.mark.parametrize("zoom", [None, "all", 1])
+def test_assignment_figure(scene, zoom):
+    _, _, cls_logits, boxes, points, gt, img = scene
+    a = TaskAlignedAssigner()(cls_logits.sigmoid(), boxes, points, torch.tensor([[0, 1]]), gt[None],
+                              torch.ones(1, 2, dtype=torch.bool))
+    rendered(plot_assignment(img, points, a, gt, "tal", zoom_to=zoom))
+
+
+def test_score_maps_figure(scene):
+    _, _, cls_logits, _, _, _, img = scene
+    rendered(plot_score_maps(img, cls_logits[0].sigmoid(), [(8, 8), (4, 4), (2, 2)], ["a", "b"]))
+
+
+def test_predictions_and_augment_figures(scene):
+    _, _, cls_logits, boxes, _, gt, img = scene
+    preds = postprocess(cls_logits, boxes)
+    targets = [{"boxes": gt, "labels": torch.tensor([0, 1]), "image_id": 0}]
+    rendered(plot_predictions([img], preds, ["a", "b"], targets, min_score=0.0))
+    rendered(data.plot_augmentations([img, img], targets * 2, ["a", "b"]))
+
+
+def test_pr_figure():
+    from torchmetrics.detection import MeanAveragePrecision
+    metric = MeanAveragePrecision(class_metrics=True, extended_summary=True)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    metric.update([{"boxes": boxes, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 1])}],
+                  [{"boxes": boxes, "labels": torch.tensor([0, 1])}])
+    rendered(plot_pr_curves(metric.compute(), ["a", "b"]))
+
+
+def test_visualize_script_writes_every_figure(tmp_path):
+    from conftest import make_dataset
+    import train
+    root = make_dataset(tmp_path / "d", sizes={"train": 8, "validation": 4, "test": 4}, image_size=64)
+    train.main(["--data", str(root), "--out", str(tmp_path), "--name", "v", "--workers", "0", "--epochs", "1",
+                "--batch-size", "4", "--img-size", "64"])
+    visualize.main(["--checkpoint", str(tmp_path / "v" / "best.pt"), "--data", str(root), "--out",
+                    str(tmp_path / "fig"), "--num", "2"])
+    names = {p.stem for p in (tmp_path / "fig").glob("*.png")}
+    assert names == {"anchors", "assign_simple", "assign_tal_epoch0", "assign_tal_trained", "tiny_gt", "augment",
+                     "predictions", "score_maps"}

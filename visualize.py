@@ -1,0 +1,131 @@
+"""Pictures of every stage, for the walkthrough: what the detector sees, assigns and predicts.
+
+    python visualize.py --checkpoint runs/NAME/best.pt [--data DIR] --out figures/
+
+Writes (the drawing functions live in the module they illustrate; this script only feeds them):
+
+    anchors.png               head.plot_anchor_points     anchor points of each FPN level + GT boxes
+    assign_simple.png         assign.plot_assignment      positives of the prediction-free assigner
+    assign_tal_epoch0.png     assign.plot_assignment      TAL's positives with an untrained head
+    assign_tal_trained.png    assign.plot_assignment      TAL's positives with the trained model
+    tiny_gt.png               assign.plot_assignment      the smallest GT box and the anchor it still gets
+    augment.png               data.plot_augmentations     augmented training samples with their boxes
+    predictions.png           evaluate.plot_predictions   test images: predictions and ground truth
+    score_maps.png            head.plot_score_maps        per-level class heat-maps for one image
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from assign import SimpleAssigner, TaskAlignedAssigner, plot_assignment
+from data import (DataError, DetectionDataset, build_transforms, collate, load_class_names, pad_targets,
+                  plot_augmentations, resolve_data_root, to_uint8_image)
+from detector import build_detector
+from evaluate import CheckpointError, load_checkpoint, plot_predictions, postprocess
+from head import make_anchor_points, plot_anchor_points, plot_score_maps
+
+
+@torch.no_grad()
+def outputs(model, image: torch.Tensor):
+    """One image (3,S,S) -> scores (1,A,C) probabilities, boxes (1,A,4), points (A,2), fp32, eval mode."""
+    model.eval()
+    cls_logits, boxes, points = model(image[None].contiguous(memory_format=torch.channels_last))
+    return cls_logits.float().sigmoid(), boxes.float(), points
+
+
+def assignments(models: dict, image: torch.Tensor, target: dict) -> dict:
+    """{figure name: (Assignment, points)} for the simple assigner and TAL with each model."""
+    gt_boxes, gt_labels, gt_mask = pad_targets([target])
+    out = {}
+    scores, boxes, points = outputs(models["untrained"], image)
+    out["assign_simple"] = SimpleAssigner()(scores, boxes, points, gt_labels, gt_boxes, gt_mask)
+    out["assign_tal_epoch0"] = TaskAlignedAssigner()(scores, boxes, points, gt_labels, gt_boxes, gt_mask)
+    scores, boxes, points = outputs(models["trained"], image)
+    out["assign_tal_trained"] = TaskAlignedAssigner()(scores, boxes, points, gt_labels, gt_boxes, gt_mask)
+    return out, points
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Render the walkthrough's figures from a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--out", default="figures")
+    p.add_argument("--num", type=int, default=6, help="test images in predictions.png")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        trained, ckpt = load_checkpoint(args.checkpoint)
+        root = resolve_data_root(args.data)
+        names = ckpt["class_names"]
+        if len(load_class_names(root)) != len(names):
+            raise CheckpointError(f"the checkpoint's classes {names} do not match the dataset at {root}")
+        size = ckpt["train_args"]["img_size"]
+        mean, std = trained.backbone.mean, trained.backbone.std
+        val = DetectionDataset(root, "validation", build_transforms(size, False, mean, std), names)
+        test = DetectionDataset(root, "test", build_transforms(size, False, mean, std), names)
+        train = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "strong"), names,
+                                 seed=args.seed)
+    except (CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")
+    torch.manual_seed(args.seed)
+    # The same architecture with ImageNet backbone weights and a fresh head: the model at epoch 0.
+    untrained = build_detector(ckpt["model_config"], pretrained=True).to(memory_format=torch.channels_last)
+    models = {"trained": trained, "untrained": untrained}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(fig, name):
+        fig.savefig(out / f"{name}.png", dpi=80)
+        print(f"wrote {out / name}.png")
+
+    # The validation image with the most boxes shows conflicts and several GTs at once.
+    counts = [len(r.labels) for r in val.records]
+    busy = int(np.argmax(counts))
+    image, target = val[busy]
+    picture = to_uint8_image(image, mean, std)
+    feats_shapes = [(size // s, size // s) for s in trained.strides]
+    points, strides = make_anchor_points(feats_shapes, trained.strides)
+    save(plot_anchor_points(picture, points, strides, target["boxes"]), "anchors")
+    result, points = assignments(models, image, target)
+    titles = {"assign_simple": "simple assigner (prior-box IoU, top-9): prediction-free",
+              "assign_tal_epoch0": "TAL, untrained head: t = s * IoU^6 from random boxes",
+              "assign_tal_trained": "TAL, trained model: positives where score and box are both good"}
+    for name, a in result.items():
+        save(plot_assignment(picture, points, a, target["boxes"], titles[name], zoom_to="all"), name)
+
+    # The smallest GT in the validation split, and the anchor it receives.
+    sides = [(float((r.boxes[:, 2:] - r.boxes[:, :2]).min(1).min()) if len(r.boxes) else 1e9) for r in val.records]
+    tiny = int(np.argmin(sides))
+    image, target = val[tiny]
+    wh = target["boxes"][:, 2:] - target["boxes"][:, :2]
+    m = int(wh.min(1).values.argmin())
+    result, points = assignments(models, image, target)
+    w, h = wh[m].tolist()
+    save(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"], target["boxes"],
+                         f"smallest GT: {w:.0f}x{h:.0f} px, below the stride-8 grid; TAL still gives it an anchor",
+                         zoom_to=m), "tiny_gt")
+
+    picks = np.random.default_rng(args.seed).choice(len(train), 8, replace=False)
+    samples = [train[int(i)] for i in picks]
+    save(plot_augmentations([to_uint8_image(x, mean, std) for x, _ in samples], [t for _, t in samples], names),
+         "augment")
+
+    images, targets = collate([test[i] for i in range(min(args.num, len(test)))])
+    with torch.no_grad():
+        cls_logits, boxes, _ = trained(images.contiguous(memory_format=torch.channels_last))
+    preds = postprocess(cls_logits, boxes)
+    save(plot_predictions([to_uint8_image(x, mean, std) for x in images], preds, names, targets), "predictions")
+
+    image, _ = test[0]
+    scores, _, _ = outputs(trained, image)
+    save(plot_score_maps(to_uint8_image(image, mean, std), scores[0], feats_shapes, names, trained.strides),
+         "score_maps")
+
+
+if __name__ == "__main__":
+    main()
