@@ -108,7 +108,7 @@ class FPN(nn.Module):
         lat = [l(f) for l, f in zip(self.laterals, feats)]  # L_i: (B, out, h_i, w_i)
         # Top-down: start at the coarsest level and add each upsampled map into the finer one.
         for i in range(len(lat) - 1, 0, -1):
-            # size= (not scale_factor=2) so odd sizes work: 13x13 -> 26x26 but 7x7 -> 13x13 needs size.
+            # size= rather than scale_factor=2: odd maps then line up too (13x13 above 7x7, and 2 x 7 != 13).
             lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
         return [s(t) for s, t in zip(self.smooth, lat)]  # P_i: (B, out, h_i, w_i)
 

@@ -47,7 +47,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=None, help="dataset root; default: $DETECTION_DATA, ./data clone, hub, "
                                                 "then the offline stand-in")
-    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--epochs", type=int, default=80, help="epochs (with --time: the most epochs)")
+    p.add_argument("--time", type=float, default=None, metavar="MINUTES",
+                   help="train for this much training time (validation not counted); the LR schedule is "
+                        "re-planned after every epoch for the epochs that fit")
     p.add_argument("--img-size", type=int, default=None, help="default: the dataset's image size")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -104,14 +107,32 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+class WarmupCosine:
+    """Per-iteration LR factor: linear 0 -> 1 over warm-up, then cosine 1 -> final_ratio at ``total_iters``.
+
+    An object rather than a closure so that ``total_iters`` can be re-planned during a ``--time`` run
+    and is saved in the scheduler's state_dict (LambdaLR saves the attributes of callable objects).
+    """
+
+    def __init__(self, total_iters: int, warmup_iters: int, final_ratio: float = 0.05):
+        self.total_iters, self.warmup_iters, self.final_ratio = total_iters, warmup_iters, final_ratio
+
+    def __call__(self, it: int) -> float:
+        if it < self.warmup_iters:
+            return (it + 1) / self.warmup_iters
+        progress = min(1.0, (it - self.warmup_iters) / max(1, self.total_iters - self.warmup_iters))
+        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def make_scheduler(optimizer, total_iters: int, warmup_iters: int, final_ratio: float = 0.05):
-    """Per-iteration LR factor: linear 0 -> 1 over warm-up, then cosine 1 -> final_ratio."""
-    def factor(it: int) -> float:
-        if it < warmup_iters:
-            return (it + 1) / warmup_iters
-        progress = min(1.0, (it - warmup_iters) / max(1, total_iters - warmup_iters))
-        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_iters, warmup_iters, final_ratio))
+
+
+def epochs_that_fit(epoch_seconds: list[float], budget_s: float, max_epochs: int) -> int:
+    """``--time``: how many epochs in total fit the training-time budget, from the mean epoch time so far
+    (validation excluded). Never fewer than already done, never more than ``--epochs``."""
+    per_epoch = sum(epoch_seconds) / len(epoch_seconds)
+    return max(len(epoch_seconds), min(max_epochs, int(budget_s // per_epoch)))
 
 
 def assigner_for_epoch(epoch: int, args):
@@ -121,10 +142,10 @@ def assigner_for_epoch(epoch: int, args):
     return TaskAlignedAssigner(topk=args.tal_topk, alpha=args.tal_alpha, beta=args.tal_beta)
 
 
-def aug_for_epoch(epoch: int, args) -> str:
+def aug_for_epoch(epoch: int, total_epochs: int, args) -> str:
     """``--aug``, except that strong (mosaic) aug drops to basic for the last ``close_mosaic`` epochs:
     mosaic images are unlike test images, so the model finishes on realistic ones (YOLOX sec. 2.3)."""
-    if args.aug == "strong" and epoch >= args.epochs - args.close_mosaic:
+    if args.aug == "strong" and epoch >= total_epochs - args.close_mosaic:
         return "basic"
     return args.aug
 
@@ -284,7 +305,7 @@ def main(argv=None):
     criterion = DetectionLoss(args.box_loss, args.cls_loss)
     # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).
     ema = ModelEmaV3(model, decay=0.9998, use_warmup=True) if args.ema else None
-    start_epoch, best_map, rows = 0, -1.0, []
+    start_epoch, best_map, rows, planned = 0, -1.0, [], args.epochs
     if ckpt is not None:
         model.load_state_dict(ckpt["train_model"])
         if ema is not None:
@@ -292,22 +313,24 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_map, rows = ckpt["epoch"] + 1, ckpt["best_map"], ckpt["history"]
+        planned = ckpt.get("planned_epochs", args.epochs)
         gen.set_state(ckpt["rng"]["loader"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         np.random.set_state(ckpt["rng"]["numpy"])
         random.setstate(ckpt["rng"]["python"])
         run_dir = Path(ckpt["run_dir"])
-        print(f"[train] resumed {args.resume} at epoch {start_epoch + 1}/{args.epochs}")
+        print(f"[train] resumed {args.resume} at epoch {start_epoch + 1}/{planned}")
     else:
         run_dir = new_run_dir(args.out, args.name, args.exist_ok)
     print(f"[train] writing to {run_dir}")
 
-    for epoch in range(start_epoch, args.epochs):
+    epoch = start_epoch
+    while epoch < planned:  # planned = --epochs, or with --time the epochs that fit the budget
         t0 = time.time()
         assigner = assigner_for_epoch(epoch, args)
         # Workers start anew each epoch (not persistent), so they see the new epoch and transform.
         train_ds.set_epoch(epoch)
-        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug_for_epoch(epoch, args))
+        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug_for_epoch(epoch, planned, args))
         try:
             stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
                                     args.amp, ema, args.max_bad_steps)
@@ -315,18 +338,21 @@ def main(argv=None):
             sys.exit(f"error: {e}")
         train_time = time.time() - t0
         eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
+        if args.time:  # re-plan: the cosine ends exactly at the last epoch that fits the budget
+            planned = epochs_that_fit([r["train_s"] for r in rows] + [train_time], args.time * 60, args.epochs)
+            scheduler.lr_lambdas[0].total_iters = planned * iters
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "assigner": type(assigner).__name__,
                **{k: round(v, 5) for k, v in stats.items()}, "train_s": round(train_time, 1),
                "val_map": "", "val_map50": "", "val_map75": ""}
         is_best = False
-        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
+        if (epoch + 1) % args.val_every == 0 or epoch + 1 == planned:
             res, _ = evaluate(eval_model, val_loader, device, desc="val", amp=args.amp)
             row.update(val_map=round(float(res["map"]), 5), val_map50=round(float(res["map_50"]), 5),
                        val_map75=round(float(res["map_75"]), 5))
             is_best = row["val_map"] > best_map
             best_map = max(best_map, row["val_map"])
         rows.append(row)
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} box "
+        print(f"epoch {epoch + 1}/{planned}  loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} box "
               f"{row['loss_box']:.4f})  {train_time:.0f}s  val mAP {row['val_map']}  mAP50 {row['val_map50']}")
         # "model" holds the weights to evaluate (the EMA when --ema); "train_model" the raw ones to resume.
         state = {"model": eval_model.state_dict(), "train_model": model.state_dict(),
@@ -334,7 +360,7 @@ def main(argv=None):
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best_map": best_map, "history": rows,
                  "rng": {"loader": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate()},
-                 "model_config": model.config, "class_names": class_names, "train_args": vars(args),
+                 "planned_epochs": planned, "model_config": model.config, "class_names": class_names, "train_args": vars(args),
                  "run_dir": str(run_dir)}
         save_atomic(state, run_dir / "last.pt")
         if is_best:
@@ -345,6 +371,7 @@ def main(argv=None):
             writer.writerows(rows)
         os.replace(run_dir / "metrics.csv.tmp", run_dir / "metrics.csv")
         plot_history(rows, run_dir)
+        epoch += 1
 
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(best["model"])  # the EMA weights when --ema

@@ -141,8 +141,29 @@ def test_warmup_assigner_switch():
 
 
 def test_close_mosaic():
-    args = argparse.Namespace(aug="strong", epochs=10, close_mosaic=2)
-    assert [train.aug_for_epoch(e, args) for e in (0, 7, 8, 9)] == ["strong", "strong", "basic", "basic"]
+    args = argparse.Namespace(aug="strong", close_mosaic=2)
+    assert [train.aug_for_epoch(e, 10, args) for e in (0, 7, 8, 9)] == ["strong", "strong", "basic", "basic"]
+    args.aug = "basic"
+    assert train.aug_for_epoch(0, 10, args) == "basic"
+
+
+def test_time_budget_replans_epochs():
+    assert train.epochs_that_fit([10.0], budget_s=100, max_epochs=80) == 10
+    assert train.epochs_that_fit([10.0, 30.0], budget_s=100, max_epochs=80) == 5   # slower epochs: fewer fit
+    assert train.epochs_that_fit([10.0] * 7, budget_s=50, max_epochs=80) == 7       # never fewer than done
+    assert train.epochs_that_fit([1.0], budget_s=1000, max_epochs=80) == 80         # never more than --epochs
+
+
+def test_time_flag_stops_within_budget(tmp_path):
+    root = make_dataset(tmp_path / "d", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
+    train.main(["--data", str(root), "--out", str(tmp_path), "--name", "t", "--workers", "0", "--epochs", "50",
+                "--batch-size", "4", "--img-size", "64", "--time", "0.05"])  # 3 s of training
+    ckpt = torch.load(tmp_path / "t" / "last.pt", weights_only=False)
+    rows = ckpt["history"]
+    assert len(rows) < 50 and sum(r["train_s"] for r in rows) <= 3 + max(r["train_s"] for r in rows)
+    assert ckpt["planned_epochs"] == len(rows) and rows[-1]["val_map"] != ""
+    # The cosine was re-planned to end at the last epoch: its final LR is the schedule's floor.
+    assert rows[-1]["lr"] == pytest.approx(2e-3 * 0.05, rel=0.05)
 
 
 # --------------------------------------------------------------------------- mosaic
