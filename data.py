@@ -19,8 +19,10 @@ What this module does, in data-flow order:
 1. ``resolve_data_root`` finds a dataset ($DETECTION_DATA -> ./data clone ->
    hub download -> the offline stand-in in ../shared) and says which one.
 2. ``read_split`` reads the parquet rows and converts every box ONCE from COCO
-   xywh to xyxy pixels, checking each row (bad rows raise ``DataError`` naming
-   the file and row).
+   xywh to xyxy pixels, checking each row: bad boxes are dropped, boxes crossing
+   the border clipped, unreadable images skipped, one warning line each
+   (``strict=True``: a ``DataError`` naming the file and row instead).
+   ``python data.py --check`` lists every problem without training.
 3. ``DetectionDataset`` decodes an image, runs an albumentations pipeline built
    by ``build_transforms`` and returns ``(image (3,S,S) float, target dict)``.
 4. ``collate`` stacks a batch; ``pad_targets`` turns the per-image target
@@ -32,6 +34,8 @@ Differences from the course notebook:
   ever sees xywh (the notebook converts back and forth).
 - Images are letterboxed (longest side resized, then padded to a square),
   not stretched, so box aspect ratios stay as they are in the game frame.
+- Augmentation randomness is seeded per (seed, epoch, image): a run is
+  repeatable and a resumed run sees exactly the images it would have seen.
 """
 from __future__ import annotations
 
