@@ -328,6 +328,7 @@ def main(argv=None):
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: as the checkpoint was trained)")
     p.add_argument("--save-json", default=None, help="write COCO-style detections to this file")
+    p.add_argument("--save-metrics", default=None, help="write mAP, mAP50, mAP75 and AP per class as JSON")
     p.add_argument("--pr", default=None, help="precision-recall plot (default: pr.png next to the checkpoint)")
     p.add_argument("--save-images", default=None, metavar="DIR", help="draw predictions + ground truth into DIR")
     p.add_argument("--num", type=int, default=12, help="how many images --save-images draws")
@@ -371,6 +372,10 @@ def main(argv=None):
     if args.save_json:
         Path(args.save_json).write_text(json.dumps(to_coco_json(dets)))
         print(f"wrote {args.save_json}")
+    if args.save_metrics:
+        summary = {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
+                   "ap_per_class": per_class_ap(res, names)}
+        Path(args.save_metrics).write_text(json.dumps(summary, indent=1))
     if args.save_images:
         out_dir = Path(args.save_images)
         out_dir.mkdir(parents=True, exist_ok=True)

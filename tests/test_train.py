@@ -1,5 +1,6 @@
 """End to end: train.py on synthetic rectangles learns to find them; --resume continues exactly."""
 import csv
+import json
 
 import pytest
 import torch
@@ -20,8 +21,11 @@ def test_training_finds_rectangles(tiny_dataset, tmp_path):
     first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
     assert last < 0.5 * first, f"loss fell only from {first} to {last}"
     assert res["map_50"] > 0.6, f"test mAP50 {res['map_50']:.3f}"
-    for name in ("last.pt", "best.pt", "loss.png", "map.png"):
+    for name in ("last.pt", "best.pt", "loss.png", "map.png", "pr.png"):
         assert (tmp_path / "e2e" / name).is_file()
+    summary = json.loads((tmp_path / "e2e" / "test_results.json").read_text())
+    assert summary["map_50"] == pytest.approx(float(res["map_50"])) and summary["epochs"] == 34
+    assert set(summary["ap_per_class"]) == {"box-red", "box-blue"}
 
 
 class Stop(Exception):

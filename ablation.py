@@ -1,0 +1,125 @@
+"""The ablation table of RESULTS.md: one train.py run per row, all with the same time budget, seed and size.
+
+    python ablation.py --time 10                     # runs every row not finished yet, then prints the table
+    python ablation.py --time 10 --only baseline +TAL
+    python ablation.py --time 10 --table             # only print the table of the finished rows
+    python ablation.py --time 10 --seed 1            # a second seed, for rows closer than ~0.02
+
+Rows 1-7 build the default configuration step by step (simple assigner, IoU loss, no augmentation ->
+... -> TAL + GIoU + basic augmentation); every later row changes ONE thing against that default.
+Evaluate-only rows re-use the default row's checkpoint and change only the post-processing.
+Runs live in runs/ablation-<time>min-s<seed>/<row>/; a killed run is resumed from its last.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_ROW = "+aug basic (default)"
+ROWS = [  # (name, train.py flags)
+    ("baseline", "--assigner simple --box-loss iou --aug none"),
+    ("+TAL", "--assigner tal --box-loss iou --aug none"),
+    ("+warm-up then TAL", "--assigner tal --warmup-assigner-epochs 1 --box-loss iou --aug none"),
+    ("TAL + GIoU", "--box-loss giou --aug none"),
+    ("TAL + DIoU", "--box-loss diou --aug none"),
+    ("TAL + CIoU", "--box-loss ciou --aug none"),
+    (DEFAULT_ROW, ""),
+    ("+aug strong (mosaic)", "--aug strong"),
+    ("+PAN", "--neck pan"),
+    ("+CSP neck blocks", "--neck-block csp"),
+    ("+EMA", "--ema"),
+    ("QFL", "--cls-loss qfl"),
+    ("VFL", "--cls-loss vfl"),
+    ("unfreeze 0", "--unfreeze 0"),
+    ("unfreeze 4", "--unfreeze 4"),
+    ("unfreeze all", "--unfreeze -1"),
+    ("img 320", "--img-size 320"),
+    ("img 512", "--img-size 512"),
+]
+EVAL_ROWS = [  # (name, evaluate.py flags), on the default row's best.pt
+    ("Soft-NMS", "--nms soft-nms"),
+    ("WBF", "--nms wbf"),
+    ("flip TTA", "--tta"),
+]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def train_command(name, flags, args, out) -> list[str]:
+    size = [] if "--img-size" in flags else ["--img-size", str(args.img_size)]
+    return [sys.executable, "train.py", "--time", str(args.time), "--seed", str(args.seed), *size, *flags.split(),
+            "--out", str(out), "--name", slug(name), "--exist-ok"]
+
+
+def run_row(name, flags, args, out) -> None:
+    run = out / slug(name)
+    if (run / "test_results.json").exists():
+        return
+    cmd = train_command(name, flags, args, out)
+    if (run / "last.pt").exists():
+        cmd = [sys.executable, "train.py", "--resume", str(run / "last.pt")]
+    print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+    with open(out / f"{slug(name)}.log", "a") as log:
+        # Progress bars refresh once a minute in the log file instead of several times a second.
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                       env={**os.environ, "TQDM_MININTERVAL": "60"})
+
+
+def run_eval_row(name, flags, out) -> None:
+    result = out / f"{slug(name)}.json"
+    if result.exists():
+        return
+    cmd = [sys.executable, "evaluate.py", "--checkpoint", str(out / slug(DEFAULT_ROW) / "best.pt"), *flags.split(),
+           "--save-metrics", str(result), "--pr", str(out / f"{slug(name)}_pr.png")]
+    print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def table(out) -> str:
+    """Markdown table of every finished row (train rows, then evaluate-only rows)."""
+    results = [(name, f"`{flags or '(defaults)'}`", out / slug(name) / "test_results.json") for name, flags in ROWS]
+    results += [(f"{name} (evaluate only)", f"`{flags}`", out / f"{slug(name)}.json") for name, flags in EVAL_ROWS]
+    results = [(name, change, json.loads(f.read_text())) for name, change, f in results if f.exists()]
+    if not results:
+        return "(no finished rows yet)"
+    classes = list(results[0][2]["ap_per_class"])
+    lines = ["| row | change | test mAP | mAP50 | mAP75 | " + " | ".join(f"AP {c}" for c in classes)
+             + " | epochs | train img/s |", "|---" * (7 + len(classes)) + "|"]
+    for name, change, r in results:
+        aps = " | ".join(f"{r['ap_per_class'][c]:.3f}" for c in classes)
+        lines.append(f"| {name} | {change} | {r['map']:.3f} | {r['map_50']:.3f} | {r['map_75']:.3f} | {aps} | "
+                     f"{r.get('epochs', '–')} | {r.get('train_img_per_s', '–')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--time", type=float, required=True, help="training minutes per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--img-size", type=int, default=416)
+    p.add_argument("--only", nargs="+", default=None, help="row names to run")
+    p.add_argument("--table", action="store_true", help="only print the table")
+    args = p.parse_args(argv)
+    out = Path("runs") / f"ablation-{args.time:g}min-s{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        for name, flags in ROWS:
+            if args.only is None or name in args.only:
+                run_row(name, flags, args, out)
+        for name, flags in EVAL_ROWS:
+            if (args.only is None or name in args.only) and (out / slug(DEFAULT_ROW) / "best.pt").exists():
+                run_eval_row(name, flags, out)
+    print(f"\n{args.time:g} min of training per row, seed {args.seed}, {args.img_size} px; "
+          f"each command: python train.py --time {args.time:g} --seed {args.seed} --img-size {args.img_size} <change>\n")
+    print(table(out))
+
+
+if __name__ == "__main__":
+    main()
