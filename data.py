@@ -431,7 +431,7 @@ def to_uint8_image(image: torch.Tensor, mean, std) -> np.ndarray:
     return ((image.float().cpu() * s + m).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
 
 
-def draw_boxes(ax, boxes, labels, class_names, scores=None, linestyle="-", colors=None) -> None:
+def draw_boxes(ax, boxes, labels, class_names, scores=None, linestyle="-", colors=None, tags=True) -> None:
     """Draw xyxy ``boxes`` on a matplotlib axis, coloured by class, with name (and score) tags."""
     from matplotlib.patches import Rectangle
 
@@ -440,6 +440,8 @@ def draw_boxes(ax, boxes, labels, class_names, scores=None, linestyle="-", color
         x1, y1, x2, y2 = box
         c = colors[int(label) % len(colors)]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=c, ls=linestyle))
+        if not tags:
+            continue
         tag = class_names[int(label)] + (f" {float(scores[k]):.2f}" if scores is not None else "")
         ax.text(x1, y1 - 2, tag, color="white", fontsize=6, va="bottom", bbox=dict(fc=c, ec="none", pad=0.5, alpha=0.8))
 

@@ -261,7 +261,7 @@ def plot_predictions(images: list, predictions: list[dict], class_names: list[st
         ax.imshow(img)
         if targets is not None:
             t = targets[i]
-            draw_boxes(ax, t["boxes"], t["labels"], ["gt"] * len(class_names), linestyle="--", colors=["white"])
+            draw_boxes(ax, t["boxes"], t["labels"], class_names, linestyle="--", colors=["white"], tags=False)
         keep = pred["scores"] >= min_score
         draw_boxes(ax, pred["boxes"][keep], pred["labels"][keep], class_names, scores=pred["scores"][keep])
         ax.set_title(f"{int(keep.sum())} detections >= {min_score}", fontsize=8)

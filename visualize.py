@@ -19,8 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from PIL import Image
 
 from assign import SimpleAssigner, TaskAlignedAssigner, plot_assignment
 from data import (DataError, DetectionDataset, build_transforms, collate, load_class_names, pad_targets,
@@ -80,8 +82,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     def save(fig, name):
-        fig.savefig(out / f"{name}.png", dpi=80)
-        print(f"wrote {out / name}.png")
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        # 256-colour palette: photos as PNG shrink ~3x, small enough to commit (the walkthrough embeds them).
+        Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
+        print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
     # The validation image with the most boxes shows conflicts and several GTs at once.
     counts = [len(r.labels) for r in val.records]
