@@ -253,6 +253,44 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
     return {k: v / max(n, 1) for k, v in sums.items()} | {"skipped": skipped}
 
 
+# --------------------------------------------------------------------------- run set-up and bookkeeping
+def build_datasets(args, root, class_names, mean, std):
+    """Train (augmented, seeded), validation and test datasets."""
+    def split(name, train):
+        tf = build_transforms(args.img_size, train, mean, std, args.aug if train else "none")
+        return DetectionDataset(root, name, tf, class_names, seed=args.seed, strict=args.strict)
+    return split("train", True), split("validation", False), split("test", False)
+
+
+def write_metrics(rows: list[dict], run_dir: Path) -> None:
+    """metrics.csv (written to a temp file, then renamed: a kill never leaves half a file) and the plots."""
+    tmp = run_dir / "metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, run_dir / "metrics.csv")
+    plot_history(rows, run_dir)
+
+
+def test_best(model, run_dir, test_loader, device, args, class_names, rows, iters) -> dict:
+    """Evaluate best.pt (selected on validation) on the test split; write pr.png and test_results.json."""
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(best["model"])  # the EMA weights when --ema
+    res, _ = evaluate(model, test_loader, device, desc="test", amp=args.amp)
+    print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
+    print(format_results(res, class_names))
+    plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
+    train_s = sum(r["train_s"] for r in rows)
+    summary = {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
+               "ap_per_class": per_class_ap(res, class_names), "best_epoch": best["epoch"] + 1,
+               "epochs": len(rows), "train_minutes": round(train_s / 60, 1),
+               "train_img_per_s": round(len(rows) * iters * args.batch_size / train_s, 2)}
+    (run_dir / "test_results.json").write_text(json.dumps(summary, indent=1))
+    print(f"TEST mAP@[.5:.95] {res['map']:.4f}  mAP50 {res['map_50']:.4f}  mAP75 {res['map_75']:.4f}")
+    return res
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
@@ -275,24 +313,18 @@ def main(argv=None):
     try:
         root = resolve_data_root(args.data)
         class_names = load_class_names(root)
-        if args.img_size is None:
-            args.img_size = dataset_image_size(root)
-        args.img_size = round_to_stride(args.img_size)
+        args.img_size = round_to_stride(args.img_size or dataset_image_size(root))
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
                          unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block)
         # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU).
         model = model.to(device, memory_format=torch.channels_last)
         mean, std = model.backbone.mean, model.backbone.std
-        train_ds = DetectionDataset(root, "train", build_transforms(args.img_size, True, mean, std, args.aug),
-                                    class_names, seed=args.seed, strict=args.strict)
-        val_ds = DetectionDataset(root, "validation", build_transforms(args.img_size, False, mean, std), class_names,
-                                  strict=args.strict)
-        test_ds = DetectionDataset(root, "test", build_transforms(args.img_size, False, mean, std), class_names,
-                                   strict=args.strict)
+        train_ds, val_ds, test_ds = build_datasets(args, root, class_names, mean, std)
     except DataError as e:
         sys.exit(f"data error: {e}")
     print(f"[train] classes {class_names}; {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images; "
-          f"{args.img_size} px; bf16 autocast {'on' if args.amp else 'off'}; backbone {args.backbone}: {model.backbone.weights_source}")
+          f"{args.img_size} px; bf16 autocast {'on' if args.amp else 'off'}; "
+          f"backbone {args.backbone}: {model.backbone.weights_source}")
 
     gen = torch.Generator().manual_seed(args.seed)
     train_loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=True, drop_last=True,
@@ -356,38 +388,21 @@ def main(argv=None):
         print(f"epoch {epoch + 1}/{planned}  loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} box "
               f"{row['loss_box']:.4f})  {train_time:.0f}s  val mAP {row['val_map']}  mAP50 {row['val_map50']}")
         # "model" holds the weights to evaluate (the EMA when --ema); "train_model" the raw ones to resume.
+        # No GradScaler state: bfloat16 has fp32's exponent range, so it needs no loss scaling.
         state = {"model": eval_model.state_dict(), "train_model": model.state_dict(),
                  "ema": ema.module.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best_map": best_map, "history": rows,
                  "rng": {"loader": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate()},
-                 "planned_epochs": planned, "model_config": model.config, "class_names": class_names, "train_args": vars(args),
-                 "run_dir": str(run_dir)}
+                 "planned_epochs": planned, "model_config": model.config, "class_names": class_names,
+                 "train_args": vars(args), "run_dir": str(run_dir)}
         save_atomic(state, run_dir / "last.pt")
         if is_best:
             save_atomic(state, run_dir / "best.pt")
-        with open(run_dir / "metrics.csv.tmp", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(run_dir / "metrics.csv.tmp", run_dir / "metrics.csv")
-        plot_history(rows, run_dir)
+        write_metrics(rows, run_dir)
         epoch += 1
 
-    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(best["model"])  # the EMA weights when --ema
-    res, _ = evaluate(model, test_loader, device, desc="test", amp=args.amp)
-    print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
-    print(format_results(res, class_names))
-    plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
-    train_s = sum(r["train_s"] for r in rows)
-    summary = {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
-               "ap_per_class": per_class_ap(res, class_names), "best_epoch": best["epoch"] + 1,
-               "epochs": len(rows), "train_minutes": round(train_s / 60, 1),
-               "train_img_per_s": round(len(rows) * iters * args.batch_size / train_s, 2)}
-    (run_dir / "test_results.json").write_text(json.dumps(summary, indent=1))
-    print(f"TEST mAP@[.5:.95] {res['map']:.4f}  mAP50 {res['map_50']:.4f}  mAP75 {res['map_75']:.4f}")
-    return res
+    return test_best(model, run_dir, test_loader, device, args, class_names, rows, iters)
 
 
 if __name__ == "__main__":
