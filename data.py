@@ -352,14 +352,31 @@ class DetectionDataset(torch.utils.data.Dataset):
     """One split of a parquet detection dataset. Item: (image (3,S,S) float, {"boxes", "labels", "image_id"})."""
 
     def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None,
-                 seed: int = 0, strict: bool = False):
+                 seed: int = 0, strict: bool = False, cache: bool = False):
         self.root, self.strict = Path(root), strict
         self.class_names = class_names or load_class_names(self.root)
         self.records = read_split(self.root, split, len(self.class_names), strict)
+        self.images = self._decode_all() if cache else None
         if not self.records:
             raise DataError(f"{self.root}: the {split} split has no usable image")
         self.transform = transform
         self.seed, self.epoch = seed, 0
+
+    def _decode_all(self) -> list[np.ndarray]:
+        """``cache=True``: decode every image once, up front (a few seconds), instead of once per epoch.
+        DataLoader workers are forked from this process, so they share these arrays without copying.
+        Images that fail to decode are dropped here (an error with ``strict``)."""
+        images, kept = [], []
+        for rec in self.records:
+            try:
+                images.append(decode_image(rec))
+                kept.append(rec)
+            except DataError as e:
+                if self.strict:
+                    raise
+                print(f"[data] warning: {e} (image skipped)", file=sys.stderr)
+        self.records = kept
+        return images
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentations of item i in epoch e are drawn from a generator seeded with (seed, e, i): the
@@ -372,7 +389,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def load(self, i: int) -> dict:
         """Decoded image (H,W,3) uint8 with its boxes (already clipped to the image by ``parse_row``)."""
         rec = self.records[i]
-        return {"image": decode_image(rec), "bboxes": rec.boxes, "labels": rec.labels}
+        image = self.images[i] if self.images is not None else decode_image(rec)
+        return {"image": image, "bboxes": rec.boxes, "labels": rec.labels}
 
     def __getitem__(self, i):
         try:

@@ -86,6 +86,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode every image once into memory (about 0.5 MB per 416 px image)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for the forward pass (default: on where the hardware supports it)")
     return p.parse_args(argv)
@@ -258,7 +260,7 @@ def build_datasets(args, root, class_names, mean, std):
     """Train (augmented, seeded), validation and test datasets."""
     def split(name, train):
         tf = build_transforms(args.img_size, train, mean, std, args.aug if train else "none")
-        return DetectionDataset(root, name, tf, class_names, seed=args.seed, strict=args.strict)
+        return DetectionDataset(root, name, tf, class_names, seed=args.seed, strict=args.strict, cache=args.cache)
     return split("train", True), split("validation", False), split("test", False)
 
 

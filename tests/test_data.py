@@ -184,6 +184,17 @@ def test_truncated_image_is_skipped_by_the_loader(tmp_path, capsys):
         strict[1]
 
 
+def test_cache_gives_the_same_items_and_drops_broken_images(tmp_path, capsys):
+    broken = good_jpeg()[:1000]
+    root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
+    tf = data.build_transforms(64, True, MEAN, STD)
+    cached = data.DetectionDataset(root, "train", tf, ["a", "b"], cache=True)
+    assert len(cached) == 1 and "image skipped" in capsys.readouterr().err
+    plain = data.DetectionDataset(root, "train", tf, ["a", "b"])
+    torch.testing.assert_close(cached[0][0], plain[0][0])
+    torch.testing.assert_close(cached[0][1]["boxes"], plain[0][1]["boxes"])
+
+
 def test_check_statistics(tiny_dataset, capsys):
     data.main(["--data", str(tiny_dataset), "--check"])
     out = capsys.readouterr().out
