@@ -192,7 +192,7 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("loss", "loss_cls", "loss_box"):
         ax.plot(ep, [r[key] for r in rows], label=key)
-    ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    ax.set(xlabel="epoch", ylabel="train loss (log scale)", title="training loss", yscale="log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / "loss.png", dpi=100)

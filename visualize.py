@@ -32,6 +32,11 @@ from evaluate import CheckpointError, load_checkpoint, plot_predictions, postpro
 from head import make_anchor_points, plot_anchor_points, plot_score_maps
 
 
+def largest_area(boxes: np.ndarray) -> float:
+    """Area of the largest xyxy box (0 for an image without boxes)."""
+    return float(((boxes[:, 2:] - boxes[:, :2]).prod(1)).max()) if len(boxes) else 0.0
+
+
 @torch.no_grad()
 def outputs(model, image: torch.Tensor):
     """One image (3,S,S) -> scores (1,A,C) probabilities, boxes (1,A,4), points (A,2), fp32, eval mode."""
@@ -89,10 +94,10 @@ def main(argv=None):
         Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
         print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
-    # The validation image with the most boxes shows conflicts and several GTs at once.
-    counts = [len(r.labels) for r in val.records]
-    busy = int(np.argmax(counts))
-    image, target = val[busy]
+    # The validation image holding the largest box: it has many more candidate points than top-k,
+    # so the assigners really have to choose (small boxes hold fewer points than k: all become positives).
+    biggest = int(np.argmax([largest_area(r.boxes) for r in val.records]))
+    image, target = val[biggest]
     picture = to_uint8_image(image, mean, std)
     feats_shapes = [(size // s, size // s) for s in trained.strides]
     points, strides = make_anchor_points(feats_shapes, trained.strides)
@@ -104,17 +109,23 @@ def main(argv=None):
     for name, a in result.items():
         save(plot_assignment(picture, points, a, target["boxes"], titles[name], zoom_to="all"), name)
 
-    # The smallest GT in the validation split, and the anchor it receives.
-    sides = [(float((r.boxes[:, 2:] - r.boxes[:, :2]).min(1).min()) if len(r.boxes) else 1e9) for r in val.records]
-    tiny = int(np.argmin(sides))
-    image, target = val[tiny]
-    wh = target["boxes"][:, 2:] - target["boxes"][:, :2]
-    m = int(wh.min(1).values.argmin())
-    result, points = assignments(models, image, target)
-    w, h = wh[m].tolist()
-    save(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"], target["boxes"],
-                         f"smallest GT: {w:.0f}x{h:.0f} px, below the stride-8 grid; TAL still gives it an anchor",
-                         zoom_to=m), "tiny_gt")
+    # The smallest GT with no anchor point strictly inside it: without the nearest-point fallback in
+    # candidates_inside it could never become anyone's target.
+    best = None
+    for i, rec in enumerate(val.records):
+        for m, box in enumerate(torch.as_tensor(rec.boxes)):
+            inside = ((points > box[:2]) & (points < box[2:])).all(1).any()
+            side = float((box[2:] - box[:2]).min())
+            if not inside and (best is None or side < best[0]):
+                best = (side, i, m)
+    if best is not None:
+        _, i, m = best
+        image, target = val[i]
+        result, points = assignments(models, image, target)
+        w, h = (target["boxes"][m, 2:] - target["boxes"][m, :2]).tolist()
+        save(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"],
+                             target["boxes"], f"GT {m}: {w:.0f}x{h:.0f} px, no anchor point inside; "
+                             "it still gets its nearest point", zoom_to=m), "tiny_gt")
 
     picks = np.random.default_rng(args.seed).choice(len(train), 8, replace=False)
     samples = [train[int(i)] for i in picks]
@@ -127,7 +138,9 @@ def main(argv=None):
     preds = postprocess(cls_logits, boxes)
     save(plot_predictions([to_uint8_image(x, mean, std) for x in images], preds, names, targets), "predictions")
 
-    image, _ = test[0]
+    # Score maps of the test image the trained model is most sure about (its best score, summed over classes).
+    confidence = [outputs(trained, test[i][0])[0][0].amax(0).sum().item() for i in range(len(test))]
+    image, _ = test[int(np.argmax(confidence))]
     scores, _, _ = outputs(trained, image)
     save(plot_score_maps(to_uint8_image(image, mean, std), scores[0], feats_shapes, names, trained.strides),
          "score_maps")
