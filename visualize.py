@@ -110,22 +110,19 @@ def main(argv=None):
         save(plot_assignment(picture, points, a, target["boxes"], titles[name], zoom_to="all"), name)
 
     # The smallest GT with no anchor point strictly inside it: without the nearest-point fallback in
-    # candidates_inside it could never become anyone's target.
-    best = None
+    # candidates_inside it could never become anyone's target. (No such GT: the smallest GT of all.)
+    smallest = []  # (no point inside?, smallest side, image index, GT index)
     for i, rec in enumerate(val.records):
         for m, box in enumerate(torch.as_tensor(rec.boxes)):
-            inside = ((points > box[:2]) & (points < box[2:])).all(1).any()
-            side = float((box[2:] - box[:2]).min())
-            if not inside and (best is None or side < best[0]):
-                best = (side, i, m)
-    if best is not None:
-        _, i, m = best
-        image, target = val[i]
-        result, points = assignments(models, image, target)
-        w, h = (target["boxes"][m, 2:] - target["boxes"][m, :2]).tolist()
-        save(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"],
-                             target["boxes"], f"GT {m}: {w:.0f}x{h:.0f} px, no anchor point inside; "
-                             "it still gets its nearest point", zoom_to=m), "tiny_gt")
+            inside = bool(((points > box[:2]) & (points < box[2:])).all(1).any())
+            smallest.append((inside, float((box[2:] - box[:2]).min()), i, m))
+    inside, _, i, m = min(smallest)  # False sorts first: GTs without a point inside win
+    image, target = val[i]
+    result, points = assignments(models, image, target)
+    w, h = (target["boxes"][m, 2:] - target["boxes"][m, :2]).tolist()
+    note = "has anchor points inside" if inside else "no anchor point inside; it still gets its nearest point"
+    save(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"], target["boxes"],
+                         f"GT {m}: {w:.0f}x{h:.0f} px, {note}", zoom_to=m), "tiny_gt")
 
     picks = np.random.default_rng(args.seed).choice(len(train), 8, replace=False)
     samples = [train[int(i)] for i in picks]
