@@ -8,7 +8,9 @@
 Rows 1-7 build the default configuration step by step (simple assigner, IoU loss, no augmentation ->
 ... -> TAL + GIoU + basic augmentation); every later row changes ONE thing against that default.
 Evaluate-only rows re-use the default row's checkpoint and change only the post-processing.
-Runs live in runs/ablation-<time>min-s<seed>/<row>/; a killed run is resumed from its last.pt.
+Runs live in runs/ablation-<time>min-s<seed>/<row>/ (a killed run is resumed from its last.pt); each
+finished row's test_results.json and metrics.csv are copied to results/ablation-<time>min-s<seed>/<row>/,
+which is committed, so the table survives a fresh checkout.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +61,14 @@ def train_command(name, flags, args, out) -> list[str]:
             "--out", str(out), "--name", slug(name), "--exist-ok"]
 
 
+def kept(out: Path, name: str) -> Path:
+    """Where a finished row's small result files are kept under version control: results/<table>/<row>/."""
+    return Path("results") / out.name / slug(name)
+
+
 def run_row(name, flags, args, out) -> None:
     run = out / slug(name)
-    if (run / "test_results.json").exists():
+    if (kept(out, name) / "test_results.json").exists():
         return
     cmd = train_command(name, flags, args, out)
     if (run / "last.pt").exists():
@@ -70,22 +78,28 @@ def run_row(name, flags, args, out) -> None:
         # Progress bars refresh once a minute in the log file instead of several times a second.
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
                        env={**os.environ, "TQDM_MININTERVAL": "60"})
+    # runs/ is not committed (checkpoints are large); the numbers and curves are.
+    kept(out, name).mkdir(parents=True, exist_ok=True)
+    for f in ("test_results.json", "metrics.csv"):
+        shutil.copy(run / f, kept(out, name) / f)
 
 
 def run_eval_row(name, flags, out) -> None:
-    result = out / f"{slug(name)}.json"
+    result = kept(out, name).with_suffix(".json")
     if result.exists():
         return
     cmd = [sys.executable, "evaluate.py", "--checkpoint", str(out / slug(DEFAULT_ROW) / "best.pt"), *flags.split(),
            "--save-metrics", str(result), "--pr", str(out / f"{slug(name)}_pr.png")]
     print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+    result.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
 def table(out) -> str:
     """Markdown table of every finished row (train rows, then evaluate-only rows)."""
-    results = [(name, f"`{flags or '(defaults)'}`", out / slug(name) / "test_results.json") for name, flags in ROWS]
-    results += [(f"{name} (evaluate only)", f"`{flags}`", out / f"{slug(name)}.json") for name, flags in EVAL_ROWS]
+    results = [(name, f"`{flags or '(defaults)'}`", kept(out, name) / "test_results.json") for name, flags in ROWS]
+    results += [(f"{name} (evaluate only)", f"`{flags}`", kept(out, name).with_suffix(".json"))
+                for name, flags in EVAL_ROWS]
     results = [(name, change, json.loads(f.read_text())) for name, change, f in results if f.exists()]
     if not results:
         return "(no finished rows yet)"
