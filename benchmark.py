@@ -9,7 +9,8 @@ that floor. Likewise inference can't beat the backbone's forward. The table show
 
     backbone fwd+bwd     ms/img  the training floor (batch --batch-size)
     train step           ms/img  forward + assign + loss + backward + AdamW step, data already in memory
-    loader               ms/img  decode + augment with the default DataLoader workers (train pipeline)
+    loader               ms/img  JPEG decode + augment with the default DataLoader workers (train pipeline;
+                                 the worst case: training's --cache skips the decode)
     backbone fwd b1      ms      the inference floor, batch 1
     inference b1         ms      model + post-processing (NMS), batch 1
     inference b8         ms/img  the same at batch 8
