@@ -271,7 +271,7 @@ def plot_predictions(images: list, predictions: list[dict], class_names: list[st
 
 def detect_image_files(model, paths: list[Path], img_size: int, amp: bool = False, **post_kwargs):
     """Run the model on image files of any size: letterbox, predict, map boxes back to the file's pixels.
-    -> list of (RGB uint8 image, detections dict)."""
+    -> list of (path, RGB uint8 image, detections dict); unreadable files are skipped with a warning."""
     import cv2
 
     from data import build_transforms
@@ -290,7 +290,7 @@ def detect_image_files(model, paths: list[Path], img_size: int, amp: bool = Fals
             cls_logits, boxes, _ = model(x.to(device, memory_format=torch.channels_last))
         det = {k: v.cpu() for k, v in postprocess(cls_logits, boxes, image_size=x.shape[-2:], **post_kwargs)[0].items()}
         det["boxes"] = det["boxes"] / (img_size / max(rgb.shape[:2]))  # undo LongestMaxSize; padding is bottom/right
-        out.append((rgb, det))
+        out.append((path, rgb, det))
     return out
 
 
@@ -346,8 +346,7 @@ def main(argv=None):
         if args.images:
             out_dir = Path(args.save_images or "predictions")
             out_dir.mkdir(parents=True, exist_ok=True)
-            for path, (img, det) in zip(list_images(args.images), detect_image_files(
-                    model, list_images(args.images), size, amp, **post)):
+            for path, img, det in detect_image_files(model, list_images(args.images), size, amp, **post):
                 fig = plot_predictions([img], [det], names, min_score=args.show_thresh, cols=1)
                 fig.savefig(out_dir / f"{path.stem}_pred.png", dpi=100)
                 print(f"{path}: {int((det['scores'] >= args.show_thresh).sum())} detections -> "

@@ -109,9 +109,11 @@ def test_evaluate_cli_metrics_pr_json_and_drawings(checkpoint, small_data, tmp_p
 
 def test_evaluate_on_own_image_files(checkpoint, tmp_path, capsys):
     img = (torch.rand(90, 150, 3) * 255).byte().numpy()
+    (tmp_path / "a_broken.png").write_bytes(b"not an image")  # unreadable: skipped with a warning
     cv2.imwrite(str(tmp_path / "shot.png"), img)
     evaluate.main(["--checkpoint", str(checkpoint), "--images", str(tmp_path), "--save-images", str(tmp_path / "o")])
-    assert (tmp_path / "o" / "shot_pred.png").exists()
+    assert [p.name for p in (tmp_path / "o").glob("*.png")] == ["shot_pred.png"]
+    assert "a_broken.png is not a readable image" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make, message", [
