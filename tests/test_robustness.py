@@ -1,6 +1,5 @@
 """Crashes, resumes, repeatability, numerical trouble and clear errors for the user."""
 import csv
-import os
 import signal
 import subprocess
 import sys
