@@ -45,8 +45,8 @@ def outputs(model, image: torch.Tensor):
     return cls_logits.float().sigmoid(), boxes.float(), points
 
 
-def assignments(models: dict, image: torch.Tensor, target: dict) -> dict:
-    """{figure name: (Assignment, points)} for the simple assigner and TAL with each model."""
+def assignments(models: dict, image: torch.Tensor, target: dict):
+    """-> ({figure name: Assignment} for the simple assigner and TAL with each model, anchor points (A, 2))."""
     gt_boxes, gt_labels, gt_mask = pad_targets([target])
     out = {}
     scores, boxes, points = outputs(models["untrained"], image)
