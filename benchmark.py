@@ -12,8 +12,10 @@ that floor. Likewise inference can't beat the backbone's forward. The table show
     loader               ms/img  JPEG decode + augment with the default DataLoader workers (train pipeline;
                                  the worst case: training's --cache skips the decode)
     backbone fwd b1      ms      the inference floor, batch 1
-    inference b1         ms      model + post-processing (NMS), batch 1
-    inference b8         ms/img  the same at batch 8
+    inference b1         ms      model + post-processing (NMS), batch 1, the model as trained
+    fused b1             ms      the same with BatchNorm folded into the convs (``fuse_conv_bn``), as
+                                 evaluate.py runs it: the deployed number
+    inference b8         ms/img  fused, batch 8
 
 Each number is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones.
 """
@@ -27,7 +29,7 @@ import torch
 
 from assign import TaskAlignedAssigner
 from data import DetectionDataset, build_transforms, collate, load_class_names, pad_targets, resolve_data_root
-from detector import Detector
+from detector import Detector, fuse_conv_bn
 from evaluate import load_checkpoint, postprocess
 from losses import DetectionLoss
 from train import amp_supported, make_optimizer
@@ -48,7 +50,7 @@ def timed(fn, repeats: int, warmup: int) -> float:
 def bench_size(size: int, args, root, names) -> dict:
     torch.manual_seed(0)
     if args.checkpoint:  # trained weights: realistic numbers of candidates reach NMS
-        model, _ = load_checkpoint(args.checkpoint)
+        model, _ = load_checkpoint(args.checkpoint, fuse=False)  # the training step needs BN
     else:
         model = Detector(len(names)).to(memory_format=torch.channels_last)
     mean, std = model.backbone.mean, model.backbone.std
@@ -97,12 +99,13 @@ def bench_size(size: int, args, root, names) -> dict:
 
     # 4. inference: backbone alone and the whole model + post-processing, batch 1 and batch 8
     model.eval()
+    fused = fuse_conv_bn(model)
     one, eight = images[:1], images[:1].repeat(8, 1, 1, 1).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def infer(x):
+    def infer(m, x):
         with autocast():
-            cls_logits, boxes, _ = model(x)
+            cls_logits, boxes, _ = m(x)
         return postprocess(cls_logits, boxes)
 
     @torch.no_grad()
@@ -111,8 +114,9 @@ def bench_size(size: int, args, root, names) -> dict:
             model.backbone(one)
 
     r["backbone_fwd_b1"] = timed(backbone_fwd, args.repeats * 3, args.warmup)
-    r["infer_b1"] = timed(lambda: infer(one), args.repeats * 3, args.warmup)
-    r["infer_b8"] = timed(lambda: infer(eight), args.repeats, args.warmup) / 8
+    r["infer_b1"] = timed(lambda: infer(model, one), args.repeats * 3, args.warmup)
+    r["fused_b1"] = timed(lambda: infer(fused, one), args.repeats * 3, args.warmup)
+    r["infer_b8"] = timed(lambda: infer(fused, eight), args.repeats, args.warmup) / 8
     return r
 
 
@@ -141,14 +145,15 @@ def main(argv=None):
     rows = [bench_size(s, args, root, names) for s in args.sizes]
     ms = 1000
     print(f"\n{'size':>5} {'backbone fwd+bwd':>17} {'train step':>11} {'step/floor':>10} {'train img/s':>11} "
-          f"{'loader img/s':>12} {'backbone fwd b1':>16} {'infer b1':>9} {'infer/floor':>11} {'infer b8':>9}")
-    print(f"{'px':>5} {'ms/img':>17} {'ms/img':>11} {'':>10} {'':>11} {'':>12} {'ms':>16} {'ms':>9} {'':>11} "
+          f"{'loader img/s':>12} {'backbone fwd b1':>16} {'infer b1':>9} {'infer/floor':>11} {'fused b1':>9} "
+          f"{'infer b8':>9}")
+    print(f"{'px':>5} {'ms/img':>17} {'ms/img':>11} {'':>10} {'':>11} {'':>12} {'ms':>16} {'ms':>9} {'':>11} {'ms':>9} "
           f"{'ms/img':>9}")
     for r in rows:
         print(f"{r['size']:>5} {r['backbone_fb'] * ms:>17.1f} {r['train_step'] * ms:>11.1f} "
               f"{r['train_step'] / r['backbone_fb']:>10.2f} {1 / r['train_step']:>11.1f} {1 / r['loader']:>12.1f} "
               f"{r['backbone_fwd_b1'] * ms:>16.1f} {r['infer_b1'] * ms:>9.1f} "
-              f"{r['infer_b1'] / r['backbone_fwd_b1']:>11.2f} {r['infer_b8'] * ms:>9.1f}")
+              f"{r['infer_b1'] / r['backbone_fwd_b1']:>11.2f} {r['fused_b1'] * ms:>9.1f} {r['infer_b8'] * ms:>9.1f}")
     return rows
 
 

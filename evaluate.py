@@ -197,13 +197,16 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def load_checkpoint(path: str, device="cpu"):
-    """-> (model in eval mode, checkpoint dict). Raises CheckpointError with a readable message."""
-    from detector import build_detector
+def load_checkpoint(path: str, device="cpu", fuse: bool = True):
+    """-> (model in eval mode, checkpoint dict). Raises CheckpointError with a readable message.
+    ``fuse``: fold BatchNorm into the convs (inference only: same outputs, faster; see ``fuse_conv_bn``)."""
+    from detector import build_detector, fuse_conv_bn
 
     ckpt = read_checkpoint(path)
     model = build_detector(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
+    if fuse:
+        model = fuse_conv_bn(model)
     return model.to(device, memory_format=torch.channels_last).eval(), ckpt
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from backbone import Backbone, lite0_package_weights, lukemelas_to_timm
-from detector import Detector
+from detector import Detector, fuse_conv_bn
 from head import DecoupledHead, decode, make_anchor_points
 from neck import FPN
 
@@ -104,3 +104,24 @@ def test_detector_outputs_and_box_centres(size):
     assert cls.shape == (2, a, 2) and boxes.shape == (2, a, 4) and points.shape == (a, 2)
     # Every decoded box contains its own anchor point (distances are positive).
     assert (boxes[..., :2] < points).all() and (boxes[..., 2:] > points).all()
+
+
+@pytest.mark.parametrize("config", [dict(), dict(neck="pan", neck_block="csp", depthwise_head=False)])
+def test_fused_conv_bn_gives_the_same_outputs(config):
+    torch.manual_seed(0)
+    model = Detector(num_classes=2, pretrained=False, **config)
+    # Fresh BN layers are identities (mean 0, var 1, gamma 1, beta 0), so a folding that forgot a term would
+    # still match: give every BN non-trivial statistics and affine parameters first.
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    fused = fuse_conv_bn(model)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        (cls, boxes, _), (cls_f, boxes_f, _) = model(x), fused(x)
+    torch.testing.assert_close(cls_f, cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(boxes_f, boxes, rtol=1e-4, atol=1e-3)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # original kept
