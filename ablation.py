@@ -95,31 +95,80 @@ def run_eval_row(name, flags, out) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def table(out) -> str:
-    """Markdown table of every finished row (train rows, then evaluate-only rows)."""
-    results = [(name, f"`{flags or '(defaults)'}`", kept(out, name) / "test_results.json") for name, flags in ROWS]
-    results += [(f"{name} (evaluate only)", f"`{flags}`", kept(out, name).with_suffix(".json"))
-                for name, flags in EVAL_ROWS]
-    results = [(name, change, json.loads(f.read_text())) for name, change, f in results if f.exists()]
-    if not results:
+def row_results(name: str, result_file, outs: list[Path]) -> list[dict]:
+    """The finished seeds of one row: a list of test_results dicts (one per seed directory that has it)."""
+    return [json.loads(f.read_text()) for f in (result_file(out, name) for out in outs) if f.exists()]
+
+
+def finished_rows(outs: list[Path]) -> list[tuple[str, str, list[dict]]]:
+    """(row name, its change, [test results of each finished seed]) for every row finished in any of ``outs``:
+    train rows, then evaluate-only rows."""
+    train_file = lambda out, name: kept(out, name) / "test_results.json"  # noqa: E731
+    eval_file = lambda out, name: kept(out, name).with_suffix(".json")  # noqa: E731
+    rows = [(name, f"`{flags or '(defaults)'}`", row_results(name, train_file, outs)) for name, flags in ROWS]
+    rows += [(f"{name} (evaluate only)", f"`{flags}`", row_results(name, eval_file, outs))
+             for name, flags in EVAL_ROWS]
+    return [r for r in rows if r[2]]
+
+
+def mean(results: list[dict], key) -> float:
+    return sum(key(r) for r in results) / len(results)
+
+
+def table(outs: list[Path]) -> str:
+    """Markdown table of the finished rows, averaged over the seeds finished for each row; the per-seed
+    mAP is listed too, so the spread is visible next to the mean."""
+    rows = finished_rows(outs)
+    if not rows:
         return "(no finished rows yet)"
-    classes = list(results[0][2]["ap_per_class"])
-    lines = ["| row | change | test mAP | mAP50 | mAP75 | " + " | ".join(f"AP {c}" for c in classes)
-             + " | epochs | train img/s |", "|---" * (7 + len(classes)) + "|"]
-    for name, change, r in results:
-        aps = " | ".join(f"{r['ap_per_class'][c]:.3f}" for c in classes)
-        lines.append(f"| {name} | {change} | {r['map']:.3f} | {r['map_50']:.3f} | {r['map_75']:.3f} | {aps} | "
-                     f"{r.get('epochs', '–')} | {r.get('train_img_per_s', '–')} |")
+    classes = list(rows[0][2][0]["ap_per_class"])
+    lines = ["| row | change | test mAP per seed | mAP (mean) | mAP50 | mAP75 | "
+             + " | ".join(f"AP {c}" for c in classes) + " | epochs | train img/s |", "|---" * (8 + len(classes)) + "|"]
+    for name, change, rs in rows:
+        seeds = " / ".join(f"{r['map']:.3f}" for r in rs)
+        aps = " | ".join(f"{mean(rs, lambda r: r['ap_per_class'][c]):.3f}" for c in classes)
+        epochs = " / ".join(str(r["epochs"]) for r in rs) if "epochs" in rs[0] else "–"
+        speed = f"{mean(rs, lambda r: r['train_img_per_s']):.1f}" if "train_img_per_s" in rs[0] else "–"
+        lines.append(f"| {name} | {change} | {seeds} | **{mean(rs, lambda r: r['map']):.3f}** | "
+                     f"{mean(rs, lambda r: r['map_50']):.3f} | {mean(rs, lambda r: r['map_75']):.3f} | {aps} | "
+                     f"{epochs} | {speed} |")
     return "\n".join(lines)
+
+
+def plot(outs: list[Path], path: Path, title: str) -> None:
+    """Test mAP per row: a bar for the mean over seeds, a dot per seed (the spread is the noise level)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = finished_rows(outs)[::-1]  # first row on top
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    for y, (name, _, rs) in enumerate(rows):
+        ax.barh(y, mean(rs, lambda r: r["map"]), color="tab:gray" if "evaluate" in name else "tab:blue", alpha=0.6)
+        ax.plot([r["map"] for r in rs], [y] * len(rs), "k.", ms=6)
+    default = [mean(rs, lambda r: r["map"]) for name, _, rs in rows if name == DEFAULT_ROW]
+    if default:
+        ax.axvline(default[0], color="tab:red", lw=1, ls="--", label="default (mean)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [name for name, _, _ in rows], fontsize=8)
+    ax.set_xlabel("test mAP@[.5:.95] (bar: mean over seeds, dots: each seed)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--time", type=float, required=True, help="training minutes per row")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table-seeds", type=int, nargs="+", default=None,
+                   help="with --table: average these seeds' finished rows (default: --seed only)")
     p.add_argument("--img-size", type=int, default=416)
     p.add_argument("--only", nargs="+", default=None, help="row names to run")
     p.add_argument("--table", action="store_true", help="only print the table")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also draw the table as a bar chart")
     args = p.parse_args(argv)
     out = Path("runs") / f"ablation-{args.time:g}min-s{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -130,9 +179,13 @@ def main(argv=None):
         for name, flags in EVAL_ROWS:
             if (args.only is None or name in args.only) and (out / slug(DEFAULT_ROW) / "best.pt").exists():
                 run_eval_row(name, flags, out)
-    print(f"\n{args.time:g} min of training per row, seed {args.seed}, {args.img_size} px; "
-          f"each command: python train.py --time {args.time:g} --seed {args.seed} --img-size {args.img_size} <change>\n")
-    print(table(out))
+    seeds = args.table_seeds or [args.seed]
+    print(f"\n{args.time:g} min of training per row, seeds {seeds}, {args.img_size} px; each command: "
+          f"python train.py --time {args.time:g} --seed SEED --img-size {args.img_size} <change>\n")
+    outs = [Path("runs") / f"ablation-{args.time:g}min-s{s}" for s in seeds]
+    print(table(outs))
+    if args.plot:
+        plot(outs, Path(args.plot), f"{args.time:g} min of training per row, {args.img_size} px, seeds {seeds}")
 
 
 if __name__ == "__main__":
