@@ -36,7 +36,7 @@ from tqdm import tqdm
 from assign import SimpleAssigner, TaskAlignedAssigner
 from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
                   load_class_names, pad_targets, resolve_data_root)
-from detector import Detector
+from detector import Detector, fuse_conv_bn
 from evaluate import (CheckpointError, evaluate, format_results, per_class_ap, plot_pr_curves, read_checkpoint,
                       resolve_device, round_to_stride)
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
@@ -279,7 +279,8 @@ def test_best(model, run_dir, test_loader, device, args, class_names, rows, iter
     """Evaluate best.pt (selected on validation) on the test split; write pr.png and test_results.json."""
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(best["model"])  # the EMA weights when --ema
-    res, _ = evaluate(model, test_loader, device, desc="test", amp=args.amp)
+    # BN folded into the convs, as evaluate.py loads a checkpoint: the test numbers are the deployed model's.
+    res, _ = evaluate(fuse_conv_bn(model), test_loader, device, desc="test", amp=args.amp)
     print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
     print(format_results(res, class_names))
     plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
