@@ -42,6 +42,8 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, io
 
     boxes (N, 4) xyxy, scores (N,), labels (N,) -> (kept indices (K,), their decayed scores (K,)).
     """
+    if len(boxes) == 0:  # no candidate passed the score threshold
+        return labels.new_zeros(0), scores
     # Shift each class to its own far-away region so boxes of different classes never overlap
     # (the same trick torchvision's batched_nms uses): one loop serves all classes.
     shifted = boxes + (labels.to(boxes) * (boxes.max() + 1))[:, None]

@@ -114,6 +114,17 @@ def test_postprocess_methods_keep_the_obvious_detection(method):
     assert torchvision.ops.box_iou(det["boxes"][:1], boxes[0, :1])[0, 0] > 0.95
 
 
+
+@pytest.mark.parametrize("method", ["nms", "soft-nms", "wbf"])
+def test_postprocess_methods_with_no_candidate_return_empty(method):
+    # An early checkpoint can score every anchor below the threshold on an image: no detection, no crash.
+    logits = torch.full((2, 3, 2), -10.0)
+    logits[1, 0, 0] = 3.0  # the second image has one detection
+    boxes = torch.tensor([[[10.0, 10, 50, 50], [11, 11, 51, 51], [0, 0, 5, 5]]]).repeat(2, 1, 1)
+    empty, one = postprocess(logits, boxes, method=method, image_size=(64, 64))
+    assert [len(empty[k]) for k in ("boxes", "scores", "labels")] == [0, 0, 0]
+    assert len(one["boxes"]) == 1 and one["labels"][0] == 0
+
 def test_tta_flips_boxes_back():
     class Fixed(torch.nn.Module):
         """Predicts the pixel span of the brightest column: a flip-equivariant "detector"."""
