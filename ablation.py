@@ -66,9 +66,15 @@ def kept(out: Path, name: str) -> Path:
     return Path("results") / out.name / slug(name)
 
 
+def result_file(out: Path, name: str, evaluate_only: bool = False) -> Path:
+    """A finished row's test metrics: results/<table>/<row>/test_results.json, or <row>.json for an
+    evaluate-only row (it has no run of its own)."""
+    return kept(out, name).with_suffix(".json") if evaluate_only else kept(out, name) / "test_results.json"
+
+
 def run_row(name, flags, args, out) -> None:
     run = out / slug(name)
-    if (kept(out, name) / "test_results.json").exists():
+    if result_file(out, name).exists():
         return
     cmd = train_command(name, flags, args, out)
     if (run / "last.pt").exists():
@@ -85,7 +91,7 @@ def run_row(name, flags, args, out) -> None:
 
 
 def run_eval_row(name, flags, out) -> None:
-    result = kept(out, name).with_suffix(".json")
+    result = result_file(out, name, evaluate_only=True)
     if result.exists():
         return
     cmd = [sys.executable, "evaluate.py", "--checkpoint", str(out / slug(DEFAULT_ROW) / "best.pt"), *flags.split(),
@@ -95,20 +101,16 @@ def run_eval_row(name, flags, out) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def row_results(name: str, result_file, outs: list[Path]) -> list[dict]:
-    """The finished seeds of one row: a list of test_results dicts (one per seed directory that has it)."""
-    return [json.loads(f.read_text()) for f in (result_file(out, name) for out in outs) if f.exists()]
-
-
 def finished_rows(outs: list[Path]) -> list[tuple[str, str, list[dict]]]:
-    """(row name, its change, [test results of each finished seed]) for every row finished in any of ``outs``:
-    train rows, then evaluate-only rows."""
-    train_file = lambda out, name: kept(out, name) / "test_results.json"  # noqa: E731
-    eval_file = lambda out, name: kept(out, name).with_suffix(".json")  # noqa: E731
-    rows = [(name, f"`{flags or '(defaults)'}`", row_results(name, train_file, outs)) for name, flags in ROWS]
-    rows += [(f"{name} (evaluate only)", f"`{flags}`", row_results(name, eval_file, outs))
-             for name, flags in EVAL_ROWS]
-    return [r for r in rows if r[2]]
+    """(row name, its change, [test results of each finished seed]) for every row finished in any of ``outs``
+    (one directory per seed): train rows, then evaluate-only rows."""
+    rows = [(name, f"`{flags or '(defaults)'}`", False) for name, flags in ROWS]
+    rows += [(name, f"`{flags}`", True) for name, flags in EVAL_ROWS]
+    found = [(f"{name} (evaluate only)" if evaluate_only else name, change,
+              [json.loads(f.read_text()) for f in (result_file(out, name, evaluate_only) for out in outs)
+               if f.exists()])
+             for name, change, evaluate_only in rows]
+    return [r for r in found if r[2]]
 
 
 def mean(results: list[dict], key) -> float:

@@ -114,7 +114,6 @@ def test_postprocess_methods_keep_the_obvious_detection(method):
     assert torchvision.ops.box_iou(det["boxes"][:1], boxes[0, :1])[0, 0] > 0.95
 
 
-
 @pytest.mark.parametrize("method", ["nms", "soft-nms", "wbf"])
 def test_postprocess_methods_with_no_candidate_return_empty(method):
     # An early checkpoint can score every anchor below the threshold on an image: no detection, no crash.
@@ -124,6 +123,7 @@ def test_postprocess_methods_with_no_candidate_return_empty(method):
     empty, one = postprocess(logits, boxes, method=method, image_size=(64, 64))
     assert [len(empty[k]) for k in ("boxes", "scores", "labels")] == [0, 0, 0]
     assert len(one["boxes"]) == 1 and one["labels"][0] == 0
+
 
 def test_tta_flips_boxes_back():
     class Fixed(torch.nn.Module):
