@@ -4,6 +4,7 @@
     python ablation.py --time 10 --only baseline +TAL
     python ablation.py --time 10 --table             # only print the table of the finished rows
     python ablation.py --time 10 --seed 1            # a second seed, for rows closer than ~0.02
+    python ablation.py --time 10 --table --table-seeds 0 1 --plot table.png --curves curves.png
 
 Rows 1-7 build the default configuration step by step (simple assigner, IoU loss, no augmentation ->
 ... -> TAL + GIoU + basic augmentation); every later row changes ONE thing against that default.
@@ -161,6 +162,35 @@ def plot(outs: list[Path], path: Path, title: str) -> None:
     print(f"wrote {path}")
 
 
+def plot_curves(outs: list[Path], names: list[str], path: Path, title: str) -> None:
+    """Validation mAP after every epoch of the rows ``names``: one colour per row, one line style per seed.
+    The final test number of a row hides how it got there; the curves show who learns faster."""
+    import csv
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, name in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], names):
+        for style, out in zip(["-", "--", ":", "-."], outs):
+            f = kept(out, name) / "metrics.csv"
+            if not f.exists():
+                continue
+            rows = list(csv.DictReader(f.open()))
+            ax.plot([int(r["epoch"]) for r in rows], [float(r["val_map"]) for r in rows], style, color=colour,
+                    marker="o", ms=3, label=f"{name} ({out.name.rsplit('-', 1)[-1]})")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mAP@[.5:.95]")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--time", type=float, required=True, help="training minutes per row")
@@ -171,7 +201,14 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", default=None, help="row names to run")
     p.add_argument("--table", action="store_true", help="only print the table")
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw the table as a bar chart")
+    p.add_argument("--curves", default=None, metavar="PNG", help="also plot validation mAP per epoch of --curve-rows")
+    p.add_argument("--curve-rows", nargs="+", default=["baseline", "+TAL", "+warm-up then TAL"],
+                   help="rows drawn by --curves (default: the three label-assignment rows)")
     args = p.parse_args(argv)
+    known = [name for name, _ in ROWS + EVAL_ROWS]
+    for name in (args.only or []) + (args.curve_rows if args.curves else []):
+        if name not in known:
+            p.error(f"no row named {name!r}; rows: {', '.join(known)}")
     out = Path("runs") / f"ablation-{args.time:g}min-s{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:
@@ -188,6 +225,9 @@ def main(argv=None):
     print(table(outs))
     if args.plot:
         plot(outs, Path(args.plot), f"{args.time:g} min of training per row, {args.img_size} px, seeds {seeds}")
+    if args.curves:
+        plot_curves(outs, args.curve_rows, Path(args.curves),
+                    f"{args.time:g} min of training per row, {args.img_size} px, seeds {seeds}")
 
 
 if __name__ == "__main__":
