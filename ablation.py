@@ -163,8 +163,9 @@ def plot(outs: list[Path], path: Path, title: str) -> None:
 
 
 def plot_curves(outs: list[Path], names: list[str], path: Path, title: str) -> None:
-    """Validation mAP after every epoch of the rows ``names``: one colour per row, one line style per seed.
-    The final test number of a row hides how it got there; the curves show who learns faster."""
+    """Validation mAP after every epoch of the rows ``names`` against training minutes (the budget every row
+    shares): one colour per row, one line style per seed, a marker per epoch. The final test number of a
+    row hides how it got there; the curves show who learns faster per minute."""
     import csv
 
     import matplotlib
@@ -178,10 +179,10 @@ def plot_curves(outs: list[Path], names: list[str], path: Path, title: str) -> N
             if not f.exists():
                 continue
             rows = list(csv.DictReader(f.open()))
-            ax.plot([int(r["epoch"]) for r in rows], [float(r["val_map"]) for r in rows], style, color=colour,
-                    marker="o", ms=3, label=f"{name} ({out.name.rsplit('-', 1)[-1]})")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+            minutes = [sum(float(r["train_s"]) for r in rows[:i + 1]) / 60 for i in range(len(rows))]
+            ax.plot(minutes, [float(r["val_map"]) for r in rows], style, color=colour, marker="o", ms=3,
+                    label=f"{name} ({out.name.rsplit('-', 1)[-1]})")
+    ax.set_xlabel("training minutes (a marker per epoch)")
     ax.set_ylabel("validation mAP@[.5:.95]")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
@@ -201,7 +202,8 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", default=None, help="row names to run")
     p.add_argument("--table", action="store_true", help="only print the table")
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw the table as a bar chart")
-    p.add_argument("--curves", default=None, metavar="PNG", help="also plot validation mAP per epoch of --curve-rows")
+    p.add_argument("--curves", default=None, metavar="PNG",
+                   help="also plot validation mAP against training minutes for --curve-rows")
     p.add_argument("--curve-rows", nargs="+", default=["baseline", "+TAL", "+warm-up then TAL"],
                    help="rows drawn by --curves (default: the three label-assignment rows)")
     args = p.parse_args(argv)

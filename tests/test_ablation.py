@@ -12,7 +12,8 @@ def write_row(root, seed, row, m, epochs=3):
     res = {"map": m, "map_50": 2 * m, "map_75": m / 2, "ap_per_class": {"body": m + 0.01, "head": m - 0.01},
            "epochs": epochs, "train_img_per_s": 9.0}
     (d / "test_results.json").write_text(json.dumps(res))
-    (d / "metrics.csv").write_text("epoch,val_map\n" + "".join(f"{e},{m * e / epochs}\n" for e in range(1, epochs + 1)))
+    (d / "metrics.csv").write_text("epoch,train_s,val_map\n"
+                                   + "".join(f"{e},150.0,{m * e / epochs}\n" for e in range(1, epochs + 1)))
 
 
 @pytest.fixture
