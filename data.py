@@ -482,6 +482,24 @@ def plot_augmentations(images: list[np.ndarray], targets: list[dict], class_name
     return fig
 
 
+def max_same_class_iou(records: list[Record]) -> tuple[int, float]:
+    """(number of same-class GT pairs inside one image, the largest IoU among them).
+
+    This bounds what NMS can get wrong: class-aware NMS at IoU threshold T can only suppress a true
+    positive whose object overlaps another object of its class by about T or more. When no such pair
+    exists, Soft-NMS has nothing to rescue."""
+    from losses import box_iou  # the repo's one IoU function
+
+    pairs, worst = 0, 0.0
+    for r in records:
+        boxes, labels = torch.as_tensor(r.boxes, dtype=torch.float32), torch.as_tensor(r.labels)
+        iou = box_iou(boxes, boxes)                                              # (N, N)
+        pair = (labels[:, None] == labels[None]) & torch.ones_like(iou, dtype=torch.bool).triu(1)
+        pairs += int(pair.sum())
+        worst = max(worst, float(iou[pair].max()) if pair.any() else 0.0)
+    return pairs, worst
+
+
 def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8) -> bool:
     """Print per split: images, boxes per class, empty images, box sizes, and every problem row.
     Returns True when nothing had to be thrown away (no fatal problem)."""
@@ -507,6 +525,8 @@ def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8) ->
             per_class = ", ".join(f"{n} {int((small & (labels == c)).sum())}" for c, n in enumerate(class_names))
             print(f"   boxes narrower or lower than the finest stride ({finest_stride} px): {int(small.sum())} "
                   f"({per_class})")
+            pairs, worst = max_same_class_iou(records)
+            print(f"   same-class box pairs in one image: {pairs}, largest IoU between them {worst:.2f}")
         fatal = [p for p in problems if p.fatal]
         print(f"   problems: {len(problems)} ({len(fatal)} drop data, {len(problems) - len(fatal)} repaired)")
         for p in problems:

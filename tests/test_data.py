@@ -199,7 +199,19 @@ def test_check_statistics(tiny_dataset, capsys):
     data.main(["--data", str(tiny_dataset), "--check"])
     out = capsys.readouterr().out
     assert "== train: 48 usable images, 2 without boxes" in out
-    assert "problems: 0" in out and "finest stride" in out
+    assert "problems: 0" in out and "finest stride" in out and "same-class box pairs" in out
+
+
+def test_max_same_class_iou_hand_computed():
+    rec = lambda boxes, labels: data.Record(0, b"", np.array(boxes, np.float32), np.array(labels), "")  # noqa: E731
+    records = [
+        # two class-0 boxes sharing half their width: IoU = 50 / 150; the class-1 box overlaps both more but
+        # is another class, so it pairs with nobody
+        rec([[0, 0, 10, 10], [5, 0, 15, 10], [0, 0, 15, 10]], [0, 0, 1]),
+        rec([[0, 0, 4, 4]], [0]),                                     # one box: no pair
+    ]
+    pairs, worst = data.max_same_class_iou(records)
+    assert pairs == 1 and worst == pytest.approx(50 / 150)
 
 
 def test_make_dataset_splits(tmp_path):
