@@ -180,6 +180,27 @@ class SimpleAssigner:
         return build_targets(pos, quality, gt_labels, gt_boxes, pred_scores.shape[-1])  # 5.
 
 
+# --------------------------------------------------------------------------- diagnostics
+def target_stats(a: Assignment, gt_mask: torch.Tensor) -> dict:
+    """How much each real GT teaches, summed over the GTs of a batch (divide by ``gts`` for means).
+
+    Per GT m with positives P_m and soft targets t (the cls targets; the box loss weights its positives
+    by the same t, see losses.DetectionLoss):
+        positives  |P_m|
+        mass       sum t over P_m                      how much the GT pulls on the classifier
+        effective  (sum t)^2 / sum t^2 over P_m        positives that really count: |P_m| when all t are
+                                                       equal, 1 when one positive holds all the weight
+    """
+    b, m = gt_mask.shape
+    t = a.target_scores.amax(-1) * a.fg_mask                                      # (B, A)
+    index = a.gt_index.where(a.fg_mask, torch.full_like(a.gt_index, m))           # background -> bin m
+    bins = lambda v: torch.zeros(b, m + 1, device=v.device).scatter_add_(1, index, v)[:, :m]  # noqa: E731
+    count, mass, square = bins(a.fg_mask.float()), bins(t), bins(t * t)          # (B, M) each
+    taught = gt_mask & (square > 0)
+    return {"gts": int(gt_mask.sum()), "positives": float(count[gt_mask].sum()), "mass": float(mass[gt_mask].sum()),
+            "effective": float((mass[taught] ** 2 / square[taught]).sum())}
+
+
 # --------------------------------------------------------------------------- pictures
 def plot_assignment(image, anchor_points: torch.Tensor, a: Assignment, gt_boxes: torch.Tensor, title: str = "",
                     zoom_to: int | str | None = None):

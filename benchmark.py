@@ -1,7 +1,11 @@
 """Speed on this machine: how close training and inference come to the backbone's own cost.
 
-    python benchmark.py                          # sizes 320 416 640, default config, bf16 where supported
-    python benchmark.py --sizes 416 --threads 2 --no-amp
+    python benchmark.py                          # sizes 320 416 640, default config, precisions as in use
+    python benchmark.py --sizes 416 --threads 2 --no-amp --infer-amp   # fp32 training, bf16 inference
+
+Precision follows the repo: training columns under bf16 autocast where the CPU has native bf16
+(``--amp``, as train.py), inference columns in fp32 on CPU (``--infer-amp``, as evaluate.py: on this
+CPU fp32 inference is the faster one, see ``evaluate.inference_amp``).
 
 A training step can't be faster than the backbone's forward + backward (with the same frozen /
 trainable blocks); everything else (neck, head, assigner, loss, optimizer) is overhead on top of
@@ -13,8 +17,9 @@ that floor. Likewise inference can't beat the backbone's forward. The table show
                                  the worst case: training's --cache skips the decode)
     backbone fwd b1      ms      the inference floor, batch 1
     inference b1         ms      model + post-processing (NMS), batch 1, the model as trained
-    fused b1             ms      the same with BatchNorm folded into the convs (``fuse_conv_bn``), as
-                                 evaluate.py runs it: the deployed number
+    fused b1             ms      the same with BatchNorm folded into the convs and, with bf16 autocast,
+                                 the weights stored in bf16 (``fuse_conv_bn``), as evaluate.py runs
+                                 it: the deployed number
     inference b8         ms/img  fused, batch 8
 
 Each number is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones.
@@ -30,7 +35,7 @@ import torch
 from assign import TaskAlignedAssigner
 from data import DetectionDataset, build_transforms, collate, load_class_names, pad_targets, resolve_data_root
 from detector import Detector, fuse_conv_bn
-from evaluate import load_checkpoint, postprocess
+from evaluate import inference_amp, load_checkpoint, postprocess
 from losses import DetectionLoss
 from train import amp_supported, make_optimizer
 
@@ -54,7 +59,7 @@ def bench_size(size: int, args, root, names) -> dict:
     else:
         model = Detector(len(names)).to(memory_format=torch.channels_last)
     mean, std = model.backbone.mean, model.backbone.std
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp)  # noqa: E731
+    autocast = lambda enabled: torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)  # noqa: E731
     train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names)
     b = args.batch_size
     images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
@@ -65,7 +70,7 @@ def bench_size(size: int, args, root, names) -> dict:
     model.train()
 
     def backbone_step():
-        with autocast():
+        with autocast(args.amp):
             feats = model.backbone(images)
         sum(f.float().mean() for f in feats).backward()
 
@@ -74,7 +79,7 @@ def bench_size(size: int, args, root, names) -> dict:
     optimizer = make_optimizer(model, 1e-4, 0.05)
 
     def train_step():
-        with autocast():
+        with autocast(args.amp):
             cls_logits, pred_boxes, points = model(images)
         a = assigner(cls_logits.detach().float().sigmoid(), pred_boxes.detach(), points, gt_labels, gt_boxes, gt_mask)
         loss = criterion(cls_logits, pred_boxes, a)["total"]
@@ -99,18 +104,18 @@ def bench_size(size: int, args, root, names) -> dict:
 
     # 4. inference: backbone alone and the whole model + post-processing, batch 1 and batch 8
     model.eval()
-    fused = fuse_conv_bn(model)
+    fused = fuse_conv_bn(model, bf16=args.infer_amp)
     one, eight = images[:1], images[:1].repeat(8, 1, 1, 1).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def infer(m, x):
-        with autocast():
+        with autocast(args.infer_amp):
             cls_logits, boxes, _ = m(x)
         return postprocess(cls_logits, boxes)
 
     @torch.no_grad()
     def backbone_fwd():
-        with autocast():
+        with autocast(args.infer_amp):
             model.backbone(one)
 
     r["backbone_fwd_b1"] = timed(backbone_fwd, args.repeats * 3, args.warmup)
@@ -125,7 +130,9 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 416, 640])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast (default: on where supported, as in train.py)")
+                   help="bfloat16 autocast for the training columns (default: on where supported, as train.py)")
+    p.add_argument("--infer-amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast for the inference columns (default: as evaluate.py, off on CPU)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -138,9 +145,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.amp is None:
         args.amp = amp_supported(torch.device("cpu"))
+    if args.infer_amp is None:
+        args.infer_amp = inference_amp("cpu")
     root = resolve_data_root(args.data)
     names = load_class_names(root)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast {'on' if args.amp else 'off'}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast: training "
+          f"{'on' if args.amp else 'off'}, inference {'on' if args.infer_amp else 'off'}, "
           f"batch {args.batch_size}, {args.workers} loader workers, median of {args.repeats}")
     rows = [bench_size(s, args, root, names) for s in args.sizes]
     ms = 1000

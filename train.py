@@ -37,8 +37,8 @@ from assign import SimpleAssigner, TaskAlignedAssigner
 from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
                   load_class_names, pad_targets, resolve_data_root)
 from detector import Detector, fuse_conv_bn
-from evaluate import (CheckpointError, evaluate, format_results, per_class_ap, plot_pr_curves, read_checkpoint,
-                      resolve_device, round_to_stride)
+from evaluate import (CheckpointError, evaluate, format_results, inference_amp, per_class_ap, plot_pr_curves,
+                      read_checkpoint, resolve_device, round_to_stride)
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
 from neck import NECKS
 
@@ -89,7 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode every image once into memory (about 0.5 MB per 416 px image)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the forward pass (default: on where the hardware supports it)")
+                   help="bfloat16 autocast for the training forward pass (default: on where the hardware "
+                        "supports it); validation and test follow evaluate.inference_amp")
     return p.parse_args(argv)
 
 
@@ -279,8 +280,10 @@ def test_best(model, run_dir, test_loader, device, args, class_names, rows, iter
     """Evaluate best.pt (selected on validation) on the test split; write pr.png and test_results.json."""
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(best["model"])  # the EMA weights when --ema
-    # BN folded into the convs, as evaluate.py loads a checkpoint: the test numbers are the deployed model's.
-    res, _ = evaluate(fuse_conv_bn(model), test_loader, device, desc="test", amp=args.amp)
+    # BN folded into the convs, in inference precision, as evaluate.py loads a checkpoint: the test numbers
+    # are the deployed model's.
+    amp = inference_amp(device)
+    res, _ = evaluate(fuse_conv_bn(model, bf16=amp), test_loader, device, desc="test", amp=amp)
     print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
     print(format_results(res, class_names))
     plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
@@ -382,7 +385,7 @@ def main(argv=None):
                "val_map": "", "val_map50": "", "val_map75": ""}
         is_best = False
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == planned:
-            res, _ = evaluate(eval_model, val_loader, device, desc="val", amp=args.amp)
+            res, _ = evaluate(eval_model, val_loader, device, desc="val", amp=inference_amp(device))
             row.update(val_map=round(float(res["map"]), 5), val_map50=round(float(res["map_50"]), 5),
                        val_map75=round(float(res["map_75"]), 5))
             is_best = row["val_map"] > best_map

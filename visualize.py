@@ -2,7 +2,8 @@
 
     python visualize.py --checkpoint runs/NAME/best.pt [--data DIR] --out figures/
 
-Writes (the drawing functions live in the module they illustrate; this script only feeds them):
+Prints what each assigner teaches per GT over the validation split (``assignment_table``), and
+writes (the drawing functions live in the module they illustrate; this script only feeds them):
 
     anchors.png               head.plot_anchor_points     anchor points of each FPN level + GT boxes
     assign_simple.png         assign.plot_assignment      positives of the prediction-free assigner
@@ -17,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
-from assign import SimpleAssigner, TaskAlignedAssigner, plot_assignment
+from assign import SimpleAssigner, TaskAlignedAssigner, plot_assignment, target_stats
 from data import (DataError, DetectionDataset, build_transforms, collate, load_class_names, pad_targets,
                   plot_augmentations, resolve_data_root, to_uint8_image)
 from detector import build_detector
@@ -38,10 +41,10 @@ def largest_area(boxes: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def outputs(model, image: torch.Tensor):
-    """One image (3,S,S) -> scores (1,A,C) probabilities, boxes (1,A,4), points (A,2), fp32, eval mode."""
+def outputs(model, images: torch.Tensor):
+    """images (B,3,S,S) -> scores (B,A,C) probabilities, boxes (B,A,4), points (A,2), fp32, eval mode."""
     model.eval()
-    cls_logits, boxes, points = model(image[None].contiguous(memory_format=torch.channels_last))
+    cls_logits, boxes, points = model(images.contiguous(memory_format=torch.channels_last))
     return cls_logits.float().sigmoid(), boxes.float(), points
 
 
@@ -49,12 +52,33 @@ def assignments(models: dict, image: torch.Tensor, target: dict):
     """-> ({figure name: Assignment} for the simple assigner and TAL with each model, anchor points (A, 2))."""
     gt_boxes, gt_labels, gt_mask = pad_targets([target])
     out = {}
-    scores, boxes, points = outputs(models["untrained"], image)
+    scores, boxes, points = outputs(models["untrained"], image[None])
     out["assign_simple"] = SimpleAssigner()(scores, boxes, points, gt_labels, gt_boxes, gt_mask)
     out["assign_tal_epoch0"] = TaskAlignedAssigner()(scores, boxes, points, gt_labels, gt_boxes, gt_mask)
-    scores, boxes, points = outputs(models["trained"], image)
+    scores, boxes, points = outputs(models["trained"], image[None])
     out["assign_tal_trained"] = TaskAlignedAssigner()(scores, boxes, points, gt_labels, gt_boxes, gt_mask)
     return out, points
+
+
+def assignment_table(models: dict, dataset, batch_size: int = 16) -> str:
+    """What each assigner teaches per GT over a whole split (``assign.target_stats``): the simple
+    assigner and TAL with the untrained head (epoch 0), and TAL with the trained model."""
+    setups = {"simple, untrained head": (SimpleAssigner(), "untrained"),
+              "TAL, untrained head": (TaskAlignedAssigner(), "untrained"),
+              "TAL, trained model": (TaskAlignedAssigner(), "trained")}
+    totals = {name: Counter() for name in setups}
+    loader = torch.utils.data.DataLoader(dataset, batch_size, collate_fn=collate)
+    for images, targets in tqdm(loader, desc="assignment statistics", leave=False):
+        gt_boxes, gt_labels, gt_mask = pad_targets(targets)
+        outs = {which: outputs(models[which], images) for which in ("untrained", "trained")}
+        for name, (assigner, which) in setups.items():
+            scores, boxes, points = outs[which]
+            totals[name].update(target_stats(assigner(scores, boxes, points, gt_labels, gt_boxes, gt_mask), gt_mask))
+    lines = [f"{'per GT, mean over the split':28s} {'positives':>9} {'target mass':>11} {'effective positives':>19}"]
+    for name, t in totals.items():
+        n = max(t["gts"], 1)
+        lines.append(f"{name:28s} {t['positives'] / n:9.1f} {t['mass'] / n:11.2f} {t['effective'] / n:19.1f}")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -108,6 +132,7 @@ def main(argv=None):
               "assign_tal_trained": "TAL, trained model: positives where score and box are both good"}
     for name, a in result.items():
         save(plot_assignment(picture, points, a, target["boxes"], titles[name], zoom_to="all"), name)
+    print(f"\nlabel assignment on the validation split ({len(val)} images):\n{assignment_table(models, val)}\n")
 
     # The smallest GT with no anchor point strictly inside it: without the nearest-point fallback in
     # candidates_inside it could never become anyone's target. (No such GT: the smallest GT of all.)
@@ -136,9 +161,9 @@ def main(argv=None):
     save(plot_predictions([to_uint8_image(x, mean, std) for x in images], preds, names, targets), "predictions")
 
     # Score maps of the test image the trained model is most sure about (its best score, summed over classes).
-    confidence = [outputs(trained, test[i][0])[0][0].amax(0).sum().item() for i in range(len(test))]
+    confidence = [outputs(trained, test[i][0][None])[0][0].amax(0).sum().item() for i in range(len(test))]
     image, _ = test[int(np.argmax(confidence))]
-    scores, _, _ = outputs(trained, image)
+    scores, _, _ = outputs(trained, image[None])
     save(plot_score_maps(to_uint8_image(image, mean, std), scores[0], feats_shapes, names, trained.strides),
          "score_maps")
 

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from assign import SimpleAssigner, TaskAlignedAssigner
+from assign import SimpleAssigner, TaskAlignedAssigner, target_stats
 from head import make_anchor_points
+from losses import Assignment
 
 # A 64x64 image: stride 8 (8x8), 16 (4x4) and 32 (2x2) points -> A = 84.
 POINTS, STRIDES = make_anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
@@ -152,3 +153,15 @@ def test_batch_of_two_images_with_different_gt_counts():
         torch.testing.assert_close(single.target_scores[0], a.target_scores[i])
     assert set(a.gt_index[1][a.fg_mask[1]].tolist()) == {0}
     assert a.fg_mask[0].sum() <= 6 and a.fg_mask[1].sum() <= 3
+
+
+def test_target_stats_hand_computed():
+    # image 0: GT 0 has positives with targets 0.5, 0.5, 0 (3 positives, mass 1, effective (1)^2 / 0.5 = 2);
+    #          GT 1 is padding. image 1: GT 0 has one positive with target 0.3 (effective 1), GT 1 none.
+    fg = torch.tensor([[True, True, True, False], [False, True, False, False]])
+    gt_index = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 0]])
+    scores = torch.tensor([[0.5, 0.5, 0.0, 0.9], [0.0, 0.3, 0.0, 0.0]])[..., None]  # (B, A, C=1); bg 0.9 ignored
+    a = Assignment(fg, gt_index, torch.zeros_like(gt_index), torch.zeros(2, 4, 4), scores * fg[..., None])
+    gt_mask = torch.tensor([[True, False], [True, True]])
+    stats = target_stats(a, gt_mask)
+    assert stats == {"gts": 3, "positives": 4.0, "mass": pytest.approx(1.3), "effective": pytest.approx(3.0)}

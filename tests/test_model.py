@@ -125,3 +125,10 @@ def test_fused_conv_bn_gives_the_same_outputs(config):
     torch.testing.assert_close(boxes_f, boxes, rtol=1e-4, atol=1e-3)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
     assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # original kept
+    # bf16 weights: under bf16 autocast the convs see the same bf16 numbers, so the outputs are identical.
+    fused_bf16 = fuse_conv_bn(model, bf16=True)
+    assert all(p.dtype == torch.bfloat16 for p in fused_bf16.parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (cls_a, boxes_a, _), (cls_b, boxes_b, _) = fused(x), fused_bf16(x)
+    torch.testing.assert_close(cls_b, cls_a, rtol=0, atol=0)
+    torch.testing.assert_close(boxes_b, boxes_a, rtol=0, atol=0)
