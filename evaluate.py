@@ -199,11 +199,11 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def load_checkpoint(path: str, device="cpu", fuse: bool = True, bf16: bool = False):
-    """-> (model in eval mode, checkpoint dict). Raises CheckpointError with a readable message.
-    ``fuse``, ``bf16``: see ``model_from_checkpoint``."""
+def load_checkpoint(path: str, device="cpu", fuse: bool = True):
+    """-> (fp32 model in eval mode, checkpoint dict). Raises CheckpointError with a readable message.
+    ``fuse``: see ``model_from_checkpoint``."""
     ckpt = read_checkpoint(path)
-    return model_from_checkpoint(ckpt, device, fuse, bf16), ckpt
+    return model_from_checkpoint(ckpt, device, fuse), ckpt
 
 
 def model_from_checkpoint(ckpt: dict, device="cpu", fuse: bool = True, bf16: bool = False):
