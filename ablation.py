@@ -225,11 +225,11 @@ def main(argv=None):
           f"python train.py --time {args.time:g} --seed SEED --img-size {args.img_size} <change>\n")
     outs = [Path("runs") / f"ablation-{args.time:g}min-s{s}" for s in seeds]
     print(table(outs))
+    title = f"{args.time:g} min of training per row, {args.img_size} px unless the row says otherwise, seeds {seeds}"
     if args.plot:
-        plot(outs, Path(args.plot), f"{args.time:g} min of training per row, {args.img_size} px, seeds {seeds}")
+        plot(outs, Path(args.plot), title)
     if args.curves:
-        plot_curves(outs, args.curve_rows, Path(args.curves),
-                    f"{args.time:g} min of training per row, {args.img_size} px, seeds {seeds}")
+        plot_curves(outs, args.curve_rows, Path(args.curves), title)
 
 
 if __name__ == "__main__":
