@@ -223,7 +223,7 @@ def inference_amp(device) -> bool:
     """Whether inference (validation, test, deployment) runs under bf16 autocast: on CUDA only.
 
     On this CPU, which has native bf16, the model's inference is still *faster in fp32*
-    (``python benchmark.py``: 32 vs 38 ms at 416 px, batch 1, BN folded; 32 vs 35 ms/img at batch 8):
+    (``python benchmark.py`` vs ``--infer-amp``: 32 vs 38 ms at 416 px, batch 1, BN folded):
     its depthwise convs and small feature maps gain nothing from bf16 arithmetic, while the data still
     has to be converted. Training keeps bf16 autocast, where batch-16 forward + backward is ~7 % faster.
     fp32 is also exact: bf16 moved test mAP by a few thousandths."""
