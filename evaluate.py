@@ -164,10 +164,37 @@ def per_class_ap(res: dict, class_names: list[str]) -> dict[str, float]:
     return {class_names[c]: v for c, v in zip(classes, values)}
 
 
+def ap_at_iou(res: dict, k: int, iou_index: int) -> float:
+    """AP of the ``k``-th class of ``res["classes"]`` at one IoU threshold (an index into COCO's
+    0.50:0.05:0.95, so 0 -> AP50, 5 -> AP75), from torchmetrics' extended summary.
+
+    COCO's AP is the mean of the interpolated precision at 101 recall points (all box areas, 100
+    detections per image); recall points the detector never reaches hold -1 and count as precision 0."""
+    prec = res["precision"][iou_index, :, k, 0, -1]  # (101,)
+    return prec.clamp(min=0).mean().item()
+
+
+def per_class_ap_at_iou(res: dict, class_names: list[str], iou_index: int) -> dict[str, float]:
+    """{class name: AP at one IoU threshold} (``ap_at_iou``): per-class AP50 and AP75 tell a class that is
+    found but badly localised (AP50 high, AP75 low) from one that is not found at all."""
+    return {class_names[c]: ap_at_iou(res, k, iou_index) for k, c in enumerate(res["classes"].reshape(-1).tolist())}
+
+
+def metrics_summary(res: dict, class_names: list[str]) -> dict:
+    """The numbers a run reports, as plain floats: mAP, mAP50, mAP75 and, per class, AP@[.5:.95], AP50
+    and AP75 (the last two need ``evaluate``'s extended summary)."""
+    return {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
+            "ap_per_class": per_class_ap(res, class_names),
+            "ap50_per_class": per_class_ap_at_iou(res, class_names, 0),
+            "ap75_per_class": per_class_ap_at_iou(res, class_names, 5)}
+
+
 def format_results(res: dict, class_names: list[str]) -> str:
-    lines = [f"mAP@[.5:.95] {res['map']:.4f}   mAP50 {res['map_50']:.4f}   mAP75 {res['map_75']:.4f}",
-             f"{'class':<16}{'AP@[.5:.95]':>12}"]
-    lines += [f"{name:<16}{ap:>12.4f}" for name, ap in per_class_ap(res, class_names).items()]
+    s = metrics_summary(res, class_names)
+    lines = [f"mAP@[.5:.95] {s['map']:.4f}   mAP50 {s['map_50']:.4f}   mAP75 {s['map_75']:.4f}",
+             f"{'class':<16}{'AP@[.5:.95]':>12}{'AP50':>8}{'AP75':>8}"]
+    lines += [f"{name:<16}{ap:>12.4f}{s['ap50_per_class'][name]:>8.4f}{s['ap75_per_class'][name]:>8.4f}"
+              for name, ap in s["ap_per_class"].items()]
     return "\n".join(lines)
 
 
@@ -258,8 +285,7 @@ def plot_pr_curves(res: dict, class_names: list[str], iou_index: int = 0):
     for k, c in enumerate(res["classes"].reshape(-1).tolist()):
         prec = res["precision"][iou_index, :, k, 0, -1]  # all areas, 100 detections per image
         valid = prec >= 0  # -1 marks recall levels the detector never reaches
-        ap50 = prec[valid].sum().item() / len(prec)
-        ax.plot(recall[valid], prec[valid], label=f"{class_names[c]} (AP50 {ap50:.3f})")
+        ax.plot(recall[valid], prec[valid], label=f"{class_names[c]} (AP50 {ap_at_iou(res, k, iou_index):.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall @ IoU 0.5")
     ax.legend(loc="lower left")
     fig.tight_layout()
@@ -397,9 +423,7 @@ def main(argv=None):
         Path(args.save_json).write_text(json.dumps(to_coco_json(dets)))
         print(f"wrote {args.save_json}")
     if args.save_metrics:
-        summary = {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
-                   "ap_per_class": per_class_ap(res, names)}
-        Path(args.save_metrics).write_text(json.dumps(summary, indent=1))
+        Path(args.save_metrics).write_text(json.dumps(metrics_summary(res, names), indent=1))
     if args.save_images:
         out_dir = Path(args.save_images)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from assign import SimpleAssigner, TaskAlignedAssigner
 from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
                   load_class_names, pad_targets, resolve_data_root)
 from detector import Detector, fuse_conv_bn
-from evaluate import (CheckpointError, evaluate, format_results, inference_amp, per_class_ap, plot_pr_curves,
+from evaluate import (CheckpointError, evaluate, format_results, inference_amp, metrics_summary, plot_pr_curves,
                       read_checkpoint, resolve_device, round_to_stride)
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
 from neck import NECKS
@@ -288,9 +288,8 @@ def test_best(model, run_dir, test_loader, device, args, class_names, rows, iter
     print(format_results(res, class_names))
     plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
     train_s = sum(r["train_s"] for r in rows)
-    summary = {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
-               "ap_per_class": per_class_ap(res, class_names), "best_epoch": best["epoch"] + 1,
-               "epochs": len(rows), "train_minutes": round(train_s / 60, 1),
+    summary = {**metrics_summary(res, class_names), "best_epoch": best["epoch"] + 1, "epochs": len(rows),
+               "train_minutes": round(train_s / 60, 1),
                "train_img_per_s": round(len(rows) * iters * args.batch_size / train_s, 2)}
     (run_dir / "test_results.json").write_text(json.dumps(summary, indent=1))
     print(f"TEST mAP@[.5:.95] {res['map']:.4f}  mAP50 {res['map_50']:.4f}  mAP75 {res['map_75']:.4f}")

@@ -79,3 +79,30 @@ def test_visualize_script_writes_every_figure(tmp_path):
     names = {p.stem for p in (tmp_path / "fig").glob("*.png")}
     assert names == {"anchors", "assign_simple", "assign_tal_epoch0", "assign_tal_trained", "tiny_gt", "augment",
                      "predictions", "score_maps"}
+
+
+def test_per_class_ap50_and_ap75_match_torchmetrics_at_that_threshold():
+    """ap_at_iou reads one IoU threshold out of the 10-threshold extended summary; torchmetrics run with
+    only that threshold must give the same per-class AP (a wrong index or axis gives another number)."""
+    from torchmetrics.detection import MeanAveragePrecision
+    from evaluate import per_class_ap_at_iou
+    g = torch.Generator().manual_seed(0)
+    preds, targets = [], []
+    for _ in range(6):
+        xy = torch.rand(5, 2, generator=g) * 80
+        gt = torch.cat([xy, xy + 10 + torch.rand(5, 2, generator=g) * 20], 1)
+        jitter = (torch.rand(8, 4, generator=g) - 0.5) * 8  # some boxes IoU > 0.75, some between 0.5 and 0.75
+        idx = torch.randint(0, 5, (8,), generator=g)
+        labels = torch.randint(0, 2, (5,), generator=g)
+        preds.append({"boxes": gt[idx] + jitter, "scores": torch.rand(8, generator=g), "labels": labels[idx]})
+        targets.append({"boxes": gt, "labels": labels})
+    full = MeanAveragePrecision(class_metrics=True, extended_summary=True)
+    full.update(preds, targets)
+    res = full.compute()
+    for iou_index, thr in ((0, 0.5), (5, 0.75)):
+        single = MeanAveragePrecision(class_metrics=True, iou_thresholds=[thr])
+        single.update(preds, targets)
+        ref = single.compute()["map_per_class"].tolist()
+        ours = list(per_class_ap_at_iou(res, ["a", "b"], iou_index).values())
+        assert ours == pytest.approx(ref, abs=1e-6)
+    assert per_class_ap_at_iou(res, ["a", "b"], 0) != per_class_ap_at_iou(res, ["a", "b"], 5)
