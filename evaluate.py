@@ -164,14 +164,18 @@ def per_class_ap(res: dict, class_names: list[str]) -> dict[str, float]:
     return {class_names[c]: v for c, v in zip(classes, values)}
 
 
-def ap_at_iou(res: dict, k: int, iou_index: int) -> float:
-    """AP of the ``k``-th class of ``res["classes"]`` at one IoU threshold (an index into COCO's
-    0.50:0.05:0.95, so 0 -> AP50, 5 -> AP75), from torchmetrics' extended summary.
+def precision_curve(res: dict, k: int, iou_index: int) -> torch.Tensor:
+    """(101,) interpolated precision of the ``k``-th class of ``res["classes"]`` at COCO's 101 recall points,
+    at one IoU threshold (an index into COCO's 0.50:0.05:0.95, so 0 -> IoU 0.5, 5 -> IoU 0.75), all box
+    areas, 100 detections per image, from torchmetrics' extended summary. -1 marks recall levels the
+    detector never reaches."""
+    return res["precision"][iou_index, :, k, 0, -1]
 
-    COCO's AP is the mean of the interpolated precision at 101 recall points (all box areas, 100
-    detections per image); recall points the detector never reaches hold -1 and count as precision 0."""
-    prec = res["precision"][iou_index, :, k, 0, -1]  # (101,)
-    return prec.clamp(min=0).mean().item()
+
+def ap_at_iou(res: dict, k: int, iou_index: int) -> float:
+    """COCO's AP of the ``k``-th class at one IoU threshold: the mean of ``precision_curve``, recall
+    levels never reached counting as precision 0."""
+    return precision_curve(res, k, iou_index).clamp(min=0).mean().item()
 
 
 def per_class_ap_at_iou(res: dict, class_names: list[str], iou_index: int) -> dict[str, float]:
@@ -189,8 +193,8 @@ def metrics_summary(res: dict, class_names: list[str]) -> dict:
             "ap75_per_class": per_class_ap_at_iou(res, class_names, 5)}
 
 
-def format_results(res: dict, class_names: list[str]) -> str:
-    s = metrics_summary(res, class_names)
+def format_results(s: dict) -> str:
+    """``metrics_summary``'s numbers as a small text table."""
     lines = [f"mAP@[.5:.95] {s['map']:.4f}   mAP50 {s['map_50']:.4f}   mAP75 {s['map_75']:.4f}",
              f"{'class':<16}{'AP@[.5:.95]':>12}{'AP50':>8}{'AP75':>8}"]
     lines += [f"{name:<16}{ap:>12.4f}{s['ap50_per_class'][name]:>8.4f}{s['ap75_per_class'][name]:>8.4f}"
@@ -283,8 +287,8 @@ def plot_pr_curves(res: dict, class_names: list[str], iou_index: int = 0):
     recall = torch.linspace(0, 1, res["precision"].shape[1])  # COCO's 101 recall points
     fig, ax = plt.subplots(figsize=(5, 4))
     for k, c in enumerate(res["classes"].reshape(-1).tolist()):
-        prec = res["precision"][iou_index, :, k, 0, -1]  # all areas, 100 detections per image
-        valid = prec >= 0  # -1 marks recall levels the detector never reaches
+        prec = precision_curve(res, k, iou_index)
+        valid = prec >= 0
         ax.plot(recall[valid], prec[valid], label=f"{class_names[c]} (AP50 {ap_at_iou(res, k, iou_index):.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall @ IoU 0.5")
     ax.legend(loc="lower left")
@@ -415,7 +419,8 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(ds, args.batch_size, collate_fn=collate)
     res, dets = evaluate(model, loader, device, amp=amp, tta=args.tta, **post)
     print(f"{args.split} split, {len(ds)} images, {size} px, {args.nms}{' + flip TTA' if args.tta else ''}")
-    print(format_results(res, names))
+    summary = metrics_summary(res, names)
+    print(format_results(summary))
     pr_path = Path(args.pr) if args.pr else Path(args.checkpoint).parent / "pr.png"
     plot_pr_curves(res, names).savefig(pr_path, dpi=100)
     print(f"wrote {pr_path}")
@@ -423,7 +428,7 @@ def main(argv=None):
         Path(args.save_json).write_text(json.dumps(to_coco_json(dets)))
         print(f"wrote {args.save_json}")
     if args.save_metrics:
-        Path(args.save_metrics).write_text(json.dumps(metrics_summary(res, names), indent=1))
+        Path(args.save_metrics).write_text(json.dumps(summary, indent=1))
     if args.save_images:
         out_dir = Path(args.save_images)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -285,10 +285,11 @@ def test_best(model, run_dir, test_loader, device, args, class_names, rows, iter
     amp = inference_amp(device)
     res, _ = evaluate(fuse_conv_bn(model, bf16=amp), test_loader, device, desc="test", amp=amp)
     print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
-    print(format_results(res, class_names))
+    metrics = metrics_summary(res, class_names)
+    print(format_results(metrics))
     plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
     train_s = sum(r["train_s"] for r in rows)
-    summary = {**metrics_summary(res, class_names), "best_epoch": best["epoch"] + 1, "epochs": len(rows),
+    summary = {**metrics, "best_epoch": best["epoch"] + 1, "epochs": len(rows),
                "train_minutes": round(train_s / 60, 1),
                "train_img_per_s": round(len(rows) * iters * args.batch_size / train_s, 2)}
     (run_dir / "test_results.json").write_text(json.dumps(summary, indent=1))
