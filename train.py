@@ -71,6 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--tal-beta", type=float, default=6.0, help="TAL: exponent of the IoU")
     p.add_argument("--box-loss", choices=sorted(BOX_LOSSES), default="giou")
     p.add_argument("--cls-loss", choices=sorted(CLS_LOSSES), default="bce")
+    p.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
     p.add_argument("--aug", choices=AUG_LEVELS, default="basic", help="train augmentation level")
     p.add_argument("--no-aug", action="store_true", help="same as --aug none")
     p.add_argument("--close-mosaic", type=int, default=2, help="with --aug strong: basic aug for the last N epochs")
@@ -341,7 +342,7 @@ def main(argv=None):
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     iters = len(train_loader)
     scheduler = make_scheduler(optimizer, args.epochs * iters, max(1, int(args.warmup_epochs * iters)))
-    criterion = DetectionLoss(args.box_loss, args.cls_loss)
+    criterion = DetectionLoss(args.box_loss, args.cls_loss, box_weight=args.box_weight)
     # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).
     ema = ModelEmaV3(model, decay=0.9998, use_warmup=True) if args.ema else None
     start_epoch, best_map, rows, planned = 0, -1.0, [], args.epochs

@@ -132,3 +132,25 @@ def test_fused_conv_bn_gives_the_same_outputs(config):
         (cls_a, boxes_a, _), (cls_b, boxes_b, _) = fused(x), fused_bf16(x)
     torch.testing.assert_close(cls_b, cls_a, rtol=0, atol=0)
     torch.testing.assert_close(boxes_b, boxes_a, rtol=0, atol=0)
+
+
+def test_trainable_depthwise_convs_train_in_fp32_under_bf16_autocast():
+    model = Detector(num_classes=2, pretrained=False, unfreeze=1)
+    live, frozen = model.backbone.body.blocks[6][0].conv_dw, model.backbone.body.blocks[0][0].conv_dw
+    assert live.groups == live.in_channels > 1 and frozen.groups == frozen.in_channels > 1
+    assert type(live) is not type(frozen) and isinstance(live, type(frozen))  # swapped: a subclass
+    keys = set(Detector(num_classes=2, pretrained=False, unfreeze=0).state_dict())
+    assert set(model.state_dict()) == keys  # checkpoints are unchanged
+
+    x = torch.randn(2, live.in_channels, 7, 7, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = live(x)      # training: fp32, and the same numbers as the fp32 conv
+        y_frozen = frozen(torch.randn(2, frozen.in_channels, 7, 7))
+        with torch.no_grad():
+            y_infer = live(x)  # inference: as without the swap (bf16 under autocast)
+    assert y.dtype == torch.float32 and y_frozen.dtype == torch.bfloat16 and y_infer.dtype == torch.bfloat16
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), live.weight, live.bias,
+                                     live.stride, 0, live.dilation, live.groups)
+    torch.testing.assert_close(y, ref)
+    y.sum().backward()
+    assert live.weight.grad.dtype == torch.float32
