@@ -78,9 +78,10 @@ def depthwise_in_fp32(model: nn.Module) -> nn.Module:
 
     Why: on CPU (oneDNN, torch 2.14) the backward of a depthwise conv is 4-10x slower in bf16 than in
     fp32: at 416 px, batch 16, the 5x5 depthwise convs of EfficientNet's last stage (13x13 maps) took
-    ~0.55 s, a third of a training step, in bf16 and ~0.12 s in fp32 (benchmark.py's train step went from
-    ~112 to ~80 ms/img). The forward of the large frozen early maps stays in bf16, where it is faster,
-    and so does inference (no backward there), so validation, evaluation and ``fuse_conv_bn`` see no change.
+    ~0.55 s, a third of a training step, in bf16 and ~0.12 s in fp32. The whole step (forward, backward,
+    AdamW; this machine, both variants interleaved three times) went from 93-98 to 74 ms/img.
+    The forward of the large frozen early maps stays in bf16, where it is faster, and so does inference
+    (no backward there), so validation, evaluation and ``fuse_conv_bn`` see no change.
     The class of each such conv is swapped in place for a subclass (``_fp32_class``): parameters,
     state-dict keys and checkpoints are unchanged; only the precision of that one op is.
     """
