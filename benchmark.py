@@ -2,6 +2,7 @@
 
     python benchmark.py                          # sizes 320 416 640, default config, precisions as in use
     python benchmark.py --sizes 416 --threads 2 --no-amp --infer-amp   # fp32 training, bf16 inference
+    python benchmark.py --sizes 416 --no-fp32-depthwise   # trainable depthwise convs in bf16 too
 
 Precision follows the repo: training columns under bf16 autocast where the CPU has native bf16
 (``--amp``, as train.py), inference columns in fp32 on CPU (``--infer-amp``, as evaluate.py: on this
@@ -34,7 +35,7 @@ import torch
 
 from assign import TaskAlignedAssigner
 from data import DetectionDataset, build_transforms, collate, load_class_names, pad_targets, resolve_data_root
-from detector import Detector, fuse_conv_bn
+from detector import Detector, depthwise_in_fp32, fuse_conv_bn
 from evaluate import inference_amp, load_checkpoint, postprocess
 from losses import DetectionLoss
 from train import amp_supported, make_optimizer
@@ -58,6 +59,7 @@ def bench_size(size: int, args, root, names) -> dict:
         model, _ = load_checkpoint(args.checkpoint, fuse=False)  # the training step needs BN
     else:
         model = Detector(len(names)).to(memory_format=torch.channels_last)
+    depthwise_in_fp32(model, args.fp32_depthwise)
     mean, std = model.backbone.mean, model.backbone.std
     autocast = lambda enabled: torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)  # noqa: E731
     train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names)
@@ -133,6 +135,8 @@ def main(argv=None):
                    help="bfloat16 autocast for the training columns (default: on where supported, as train.py)")
     p.add_argument("--infer-amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for the inference columns (default: as evaluate.py, off on CPU)")
+    p.add_argument("--fp32-depthwise", action=argparse.BooleanOptionalAction, default=True,
+                   help="trainable depthwise convs in fp32 under autocast (as the Detector; see depthwise_in_fp32)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -150,7 +154,8 @@ def main(argv=None):
     root = resolve_data_root(args.data)
     names = load_class_names(root)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast: training "
-          f"{'on' if args.amp else 'off'}, inference {'on' if args.infer_amp else 'off'}, "
+          f"{'on' if args.amp else 'off'} (trainable depthwise convs in {'fp32' if args.fp32_depthwise else 'bf16'}), "
+          f"inference {'on' if args.infer_amp else 'off'}, "
           f"batch {args.batch_size}, {args.workers} loader workers, median of {args.repeats}")
     rows = [bench_size(s, args, root, names) for s in args.sizes]
     ms = 1000

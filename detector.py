@@ -73,8 +73,9 @@ def _fp32_class(cls: type) -> type:
     return _FP32_CLASSES[cls]
 
 
-def depthwise_in_fp32(model: nn.Module) -> nn.Module:
-    """Make every *trainable* depthwise conv (groups == in_channels) ignore bf16 autocast.
+def depthwise_in_fp32(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Make every *trainable* depthwise conv (groups == in_channels) ignore bf16 autocast
+    (``enabled=False`` undoes it: ``python benchmark.py --no-fp32-depthwise`` measures the difference).
 
     Why: on CPU (oneDNN, torch 2.14) the backward of a depthwise conv is 4-10x slower in bf16 than in
     fp32: at 416 px, batch 16, the 5x5 depthwise convs of EfficientNet's last stage (13x13 maps) took
@@ -86,8 +87,10 @@ def depthwise_in_fp32(model: nn.Module) -> nn.Module:
     state-dict keys and checkpoints are unchanged; only the precision of that one op is.
     """
     for m in model.modules():
+        if type(m) in _FP32_CLASSES.values():
+            m.__class__ = type(m).__bases__[0]  # back to the original class first: no double swap
         is_depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-        if is_depthwise and m.weight.requires_grad and type(m) not in _FP32_CLASSES.values():
+        if enabled and is_depthwise and m.weight.requires_grad:
             m.__class__ = _fp32_class(type(m))
     return model
 

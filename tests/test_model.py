@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from backbone import Backbone, lite0_package_weights, lukemelas_to_timm
-from detector import Detector, fuse_conv_bn
+from detector import Detector, depthwise_in_fp32, fuse_conv_bn
 from head import DecoupledHead, decode, make_anchor_points
 from neck import FPN
 
@@ -154,3 +154,7 @@ def test_trainable_depthwise_convs_train_in_fp32_under_bf16_autocast():
     torch.testing.assert_close(y, ref)
     y.sum().backward()
     assert live.weight.grad.dtype == torch.float32
+    depthwise_in_fp32(model)  # idempotent: no subclass of the subclass
+    assert type(live).__bases__[0] is type(frozen)
+    depthwise_in_fp32(model, enabled=False)  # undone: the original class again
+    assert type(live) is type(frozen)
