@@ -130,7 +130,7 @@ def table(outs: list[Path]) -> str:
     for name, change, rs in rows:
         seeds = " / ".join(f"{r['map']:.3f}" for r in rs)
         aps = " | ".join(f"{mean(rs, lambda r: r['ap_per_class'][c]):.3f}" for c in classes)
-        epochs = " / ".join(str(r["epochs"]) for r in rs) if "epochs" in rs[0] else "–"
+        epochs = " / ".join(f"{r['epochs']:g}" for r in rs) if "epochs" in rs[0] else "–"
         speed = f"{mean(rs, lambda r: r['train_img_per_s']):.1f}" if "train_img_per_s" in rs[0] else "–"
         lines.append(f"| {name} | {change} | {seeds} | **{mean(rs, lambda r: r['map']):.3f}** | "
                      f"{mean(rs, lambda r: r['map_50']):.3f} | {mean(rs, lambda r: r['map_75']):.3f} | {aps} | "

@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=80, help="epochs (with --time: the most epochs)")
     p.add_argument("--time", type=float, default=None, metavar="MINUTES",
                    help="train for this much training time (validation not counted); the LR schedule is "
-                        "re-planned after every epoch for the epochs that fit")
+                        "re-planned after every epoch for the iterations that fit (the last epoch may be partial)")
     p.add_argument("--img-size", type=int, default=None, help="default: the dataset's image size")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -133,11 +133,12 @@ def make_scheduler(optimizer, total_iters: int, warmup_iters: int, final_ratio: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_iters, warmup_iters, final_ratio))
 
 
-def epochs_that_fit(epoch_seconds: list[float], budget_s: float, max_epochs: int) -> int:
-    """``--time``: how many epochs in total fit the training-time budget, from the mean epoch time so far
-    (validation excluded). Never fewer than already done, never more than ``--epochs``."""
-    per_epoch = sum(epoch_seconds) / len(epoch_seconds)
-    return max(len(epoch_seconds), min(max_epochs, int(budget_s // per_epoch)))
+def iters_that_fit(seconds: float, done_iters: int, budget_s: float, max_iters: int) -> int:
+    """``--time``: how many training iterations in total fit the budget, from the mean time per iteration
+    so far (``seconds`` of training for ``done_iters``; validation excluded). Never fewer than already done,
+    never more than ``--epochs`` worth. Counted in iterations, not epochs, so the budget is used to the end:
+    with 150 s epochs, whole epochs would leave up to 149 s of a 10-minute budget (a quarter) unused."""
+    return max(done_iters, min(max_iters, int(budget_s * done_iters / seconds)))
 
 
 def assigner_for_epoch(epoch: int, args):
@@ -211,12 +212,16 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
 
 
 def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None,
-                    max_bad_steps: int = 10) -> dict:
+                    max_bad_steps: int = 10, max_steps: int | None = None) -> dict:
+    """One pass over ``loader``, or its first ``max_steps`` batches (the last, partial epoch of a ``--time`` run)."""
     model.train()
     sums, n, skipped, bad_in_a_row = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
+    total = len(loader) if max_steps is None else min(len(loader), max_steps)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=total, leave=False)
     t0 = time.time()
-    for images, targets in bar:
+    for step, (images, targets) in enumerate(bar):
+        if step == max_steps:
+            break
         images = images.to(device, memory_format=torch.channels_last)
         gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
         # Forward in bf16 where supported; assigner and loss run in fp32 (they cast their inputs).
@@ -254,7 +259,7 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", cls=f"{sums['loss_cls'] / n:.3f}",
                         box=f"{sums['loss_box'] / n:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",
                         img_s=f"{n * loader.batch_size / (time.time() - t0):.1f}", refresh=False)
-    return {k: v / max(n, 1) for k, v in sums.items()} | {"skipped": skipped}
+    return {k: v / max(n, 1) for k, v in sums.items()} | {"skipped": skipped, "steps": n + skipped}
 
 
 # --------------------------------------------------------------------------- run set-up and bookkeeping
@@ -289,10 +294,10 @@ def test_best(model, run_dir, test_loader, device, args, class_names, rows, iter
     metrics = metrics_summary(res, class_names)
     print(format_results(metrics))
     plot_pr_curves(res, class_names).savefig(run_dir / "pr.png", dpi=100)
-    train_s = sum(r["train_s"] for r in rows)
-    summary = {**metrics, "best_epoch": best["epoch"] + 1, "epochs": len(rows),
+    train_s, steps = sum(r["train_s"] for r in rows), sum(r["steps"] for r in rows)
+    summary = {**metrics, "best_epoch": best["epoch"] + 1, "epochs": round(steps / iters, 1),
                "train_minutes": round(train_s / 60, 1),
-               "train_img_per_s": round(len(rows) * iters * args.batch_size / train_s, 2)}
+               "train_img_per_s": round(steps * args.batch_size / train_s, 2)}
     (run_dir / "test_results.json").write_text(json.dumps(summary, indent=1))
     print(f"TEST mAP@[.5:.95] {res['map']:.4f}  mAP50 {res['map_50']:.4f}  mAP75 {res['map_75']:.4f}")
     return res
@@ -345,7 +350,8 @@ def main(argv=None):
     criterion = DetectionLoss(args.box_loss, args.cls_loss, box_weight=args.box_weight)
     # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).
     ema = ModelEmaV3(model, decay=0.9998, use_warmup=True) if args.ema else None
-    start_epoch, best_map, rows, planned = 0, -1.0, [], args.epochs
+    # planned_iters: --epochs worth, or with --time the iterations that fit (re-planned after every epoch).
+    start_epoch, best_map, rows, planned_iters = 0, -1.0, [], args.epochs * iters
     if ckpt is not None:
         model.load_state_dict(ckpt["train_model"])
         if ema is not None:
@@ -353,19 +359,22 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_map, rows = ckpt["epoch"] + 1, ckpt["best_map"], ckpt["history"]
-        planned = ckpt.get("planned_epochs", args.epochs)
+        for r in rows:  # histories written before partial epochs existed: every epoch was whole
+            r.setdefault("steps", iters)
+        planned_iters = ckpt.get("planned_iters", ckpt.get("planned_epochs", args.epochs) * iters)
         gen.set_state(ckpt["rng"]["loader"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         np.random.set_state(ckpt["rng"]["numpy"])
         random.setstate(ckpt["rng"]["python"])
         run_dir = Path(ckpt["run_dir"])
-        print(f"[train] resumed {args.resume} at epoch {start_epoch + 1}/{planned}")
+        print(f"[train] resumed {args.resume} at epoch {start_epoch + 1}/{math.ceil(planned_iters / iters)}")
     else:
         run_dir = new_run_dir(args.out, args.name, args.exist_ok)
     print(f"[train] writing to {run_dir}")
 
     epoch = start_epoch
-    while epoch < planned:  # planned = --epochs, or with --time the epochs that fit the budget
+    while epoch * iters < planned_iters:
+        planned = math.ceil(planned_iters / iters)  # epochs, the last one possibly partial
         t0 = time.time()
         assigner = assigner_for_epoch(epoch, args)
         # Workers start anew each epoch (not persistent), so they see the new epoch and transform.
@@ -373,14 +382,17 @@ def main(argv=None):
         train_ds.transform = build_transforms(args.img_size, True, mean, std, aug_for_epoch(epoch, planned, args))
         try:
             stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
-                                    args.amp, ema, args.max_bad_steps)
+                                    args.amp, ema, args.max_bad_steps, max_steps=planned_iters - epoch * iters)
         except NonFiniteLoss as e:
             sys.exit(f"error: {e}")
         train_time = time.time() - t0
         eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
-        if args.time:  # re-plan: the cosine ends exactly at the last epoch that fits the budget
-            planned = epochs_that_fit([r["train_s"] for r in rows] + [train_time], args.time * 60, args.epochs)
-            scheduler.lr_lambdas[0].total_iters = planned * iters
+        if args.time:  # re-plan: the cosine ends exactly at the last iteration that fits the budget
+            done = sum(r["steps"] for r in rows) + stats["steps"]
+            seconds = sum(r["train_s"] for r in rows) + train_time
+            planned_iters = iters_that_fit(seconds, done, args.time * 60, args.epochs * iters)
+            planned = math.ceil(planned_iters / iters)
+            scheduler.lr_lambdas[0].total_iters = planned_iters
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "assigner": type(assigner).__name__,
                **{k: round(v, 5) for k, v in stats.items()}, "train_s": round(train_time, 1),
                "val_map": "", "val_map50": "", "val_map75": ""}
@@ -401,7 +413,7 @@ def main(argv=None):
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best_map": best_map, "history": rows,
                  "rng": {"loader": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate()},
-                 "planned_epochs": planned, "model_config": model.config, "class_names": class_names,
+                 "planned_iters": planned_iters, "model_config": model.config, "class_names": class_names,
                  "train_args": vars(args), "run_dir": str(run_dir)}
         save_atomic(state, run_dir / "last.pt")
         if is_best:

@@ -1,5 +1,6 @@
 """The improvement switches: PAN/CSP neck, QFL/VFL, Soft-NMS/WBF/TTA, Mosaic, EMA, assigner warm-up."""
 import argparse
+import json
 import math
 
 import pytest
@@ -157,25 +158,29 @@ def test_close_mosaic():
     assert train.aug_for_epoch(0, 10, args) == "basic"
 
 
-def test_time_budget_replans_epochs():
-    assert train.epochs_that_fit([10.0], budget_s=100, max_epochs=80) == 10
-    assert train.epochs_that_fit([10.0, 30.0], budget_s=100, max_epochs=80) == 5   # slower epochs: fewer fit
-    assert train.epochs_that_fit([10.0] * 7, budget_s=50, max_epochs=80) == 7       # never fewer than done
-    assert train.epochs_that_fit([1.0], budget_s=1000, max_epochs=80) == 80         # never more than --epochs
+def test_time_budget_replans_iterations():
+    # 10 s for 100 iterations = 0.1 s each: a 100 s budget holds 1000.
+    assert train.iters_that_fit(10.0, 100, budget_s=100, max_iters=8000) == 1000
+    assert train.iters_that_fit(40.0, 200, budget_s=100, max_iters=8000) == 500    # slower: fewer fit
+    assert train.iters_that_fit(70.0, 700, budget_s=50, max_iters=8000) == 700     # never fewer than done
+    assert train.iters_that_fit(1.0, 100, budget_s=1000, max_iters=8000) == 8000   # never more than --epochs
+    assert train.iters_that_fit(10.0, 100, budget_s=105, max_iters=8000) == 1050   # not rounded to epochs
 
 
 def test_time_flag_stops_within_budget(tmp_path):
-    root = make_dataset(tmp_path / "d", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
+    root = make_dataset(tmp_path / "d", sizes={"train": 24, "validation": 2, "test": 2}, image_size=64)
     train.main(["--data", str(root), "--out", str(tmp_path), "--name", "t", "--workers", "0", "--epochs", "50",
                 "--batch-size", "4", "--img-size", "64", "--time", "0.05"])  # 3 s of training
     ckpt = torch.load(tmp_path / "t" / "last.pt", weights_only=False)
-    rows = ckpt["history"]
+    rows, iters = ckpt["history"], 6  # 24 images / batch 4
     assert len(rows) < 50 and sum(r["train_s"] for r in rows) <= 3 + max(r["train_s"] for r in rows)
-    assert ckpt["planned_epochs"] == len(rows) and rows[-1]["val_map"] != ""
-    # The cosine was re-planned to end near the last epoch: the final LR is close to the schedule's floor
-    # (not exactly: the plan made after epoch k sets the LR of epoch k + 1, and epoch times jitter).
-    floor = 2e-3 * 0.05
-    assert floor <= rows[-1]["lr"] < 2 * floor, [r["lr"] for r in rows]
+    # Every epoch but the last is whole; the last ends where the plan does, possibly mid-epoch.
+    assert [r["steps"] for r in rows[:-1]] == [iters] * (len(rows) - 1) and 1 <= rows[-1]["steps"] <= iters
+    assert ckpt["planned_iters"] == sum(r["steps"] for r in rows) and rows[-1]["val_map"] != ""
+    # The cosine was re-planned to end at the last iteration: the final LR is the schedule's floor.
+    assert rows[-1]["lr"] == pytest.approx(2e-3 * 0.05), [r["lr"] for r in rows]
+    summary = json.loads((tmp_path / "t" / "test_results.json").read_text())
+    assert summary["epochs"] == round(sum(r["steps"] for r in rows) / iters, 1)
 
 
 # --------------------------------------------------------------------------- mosaic
