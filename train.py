@@ -387,8 +387,9 @@ def main(argv=None):
             sys.exit(f"error: {e}")
         train_time = time.time() - t0
         eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
-        if args.time:  # re-plan: the cosine ends exactly at the last iteration that fits the budget
-            done = sum(r["steps"] for r in rows) + stats["steps"]
+        done = sum(r["steps"] for r in rows) + stats["steps"]  # iterations trained so far
+        # --time: re-plan so the cosine ends at the last iteration that fits (not once the plan is complete).
+        if args.time and done < planned_iters:
             seconds = sum(r["train_s"] for r in rows) + train_time
             planned_iters = iters_that_fit(seconds, done, args.time * 60, args.epochs * iters)
             planned = math.ceil(planned_iters / iters)
