@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -217,11 +218,10 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
     model.train()
     sums, n, skipped, bad_in_a_row = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0, 0, 0
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", total=total, leave=False)
+    # islice stops the loader after ``total`` batches without fetching one more.
+    bar = tqdm(itertools.islice(loader, total), desc=f"epoch {epoch + 1}", total=total, leave=False)
     t0 = time.time()
-    for step, (images, targets) in enumerate(bar):
-        if step == max_steps:
-            break
+    for images, targets in bar:
         images = images.to(device, memory_format=torch.channels_last)
         gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
         # Forward in bf16 where supported; assigner and loss run in fp32 (they cast their inputs).
