@@ -77,10 +77,10 @@ def depthwise_in_fp32(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Make every *trainable* depthwise conv (groups == in_channels) ignore bf16 autocast
     (``enabled=False`` undoes it: ``python benchmark.py --no-fp32-depthwise`` measures the difference).
 
-    Why: on CPU (oneDNN, torch 2.14) the backward of a depthwise conv is 4-10x slower in bf16 than in
+    Why: on CPU (oneDNN, torch 2.14) the backward of a depthwise conv is several times slower in bf16 than in
     fp32: at 416 px, batch 16, the 5x5 depthwise convs of EfficientNet's last stage (13x13 maps) took
-    ~0.55 s, a third of a training step, in bf16 and ~0.12 s in fp32. The whole step (forward, backward,
-    AdamW; this machine, both variants interleaved three times) went from 93-98 to 74 ms/img.
+    ~0.55 s, a third of a training step, in bf16 and ~0.12 s in fp32 (torch.profiler). benchmark.py's
+    train step, with and without ``--no-fp32-depthwise`` back to back: 85.5 against 100.2 ms/img.
     The forward of the large frozen early maps stays in bf16, where it is faster, and so does inference
     (no backward there), so validation, evaluation and ``fuse_conv_bn`` see no change.
     The class of each such conv is swapped in place for a subclass (``_fp32_class``): parameters,
