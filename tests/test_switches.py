@@ -177,8 +177,10 @@ def test_time_flag_stops_within_budget(tmp_path):
     # Every epoch but the last is whole; the last ends where the plan does, possibly mid-epoch.
     assert [r["steps"] for r in rows[:-1]] == [iters] * (len(rows) - 1) and 1 <= rows[-1]["steps"] <= iters
     assert ckpt["planned_iters"] == sum(r["steps"] for r in rows) and rows[-1]["val_map"] != ""
-    # The cosine was re-planned to end at the last iteration: the final LR is the schedule's floor.
-    assert rows[-1]["lr"] == pytest.approx(2e-3 * 0.05), [r["lr"] for r in rows]
+    # The cosine was re-planned to end at the last iteration: the final LR is at (or, when the last epoch ran
+    # slower than planned and the plan shrank to the steps already done, near) the schedule's floor.
+    floor = 2e-3 * 0.05
+    assert floor <= rows[-1]["lr"] < 2 * floor, [r["lr"] for r in rows]
     summary = json.loads((tmp_path / "t" / "test_results.json").read_text())
     assert summary["epochs"] == round(sum(r["steps"] for r in rows) / iters, 1)
 
