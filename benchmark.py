@@ -82,9 +82,10 @@ def bench_size(size: int, args, root, names) -> dict:
 
     def train_step():
         with autocast(args.amp):
-            cls_logits, pred_boxes, points = model(images)
-        a = assigner(cls_logits.detach().float().sigmoid(), pred_boxes.detach(), points, gt_labels, gt_boxes, gt_mask)
-        loss = criterion(cls_logits, pred_boxes, a)["total"]
+            out = model(images)
+        a = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points, gt_labels, gt_boxes,
+                     gt_mask)
+        loss = criterion(out.cls_logits, out.boxes, a, out.box_logits, out.points, out.strides)["total"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -112,7 +113,7 @@ def bench_size(size: int, args, root, names) -> dict:
     @torch.no_grad()
     def infer(m, x):
         with autocast(args.infer_amp):
-            cls_logits, boxes, _ = m(x)
+            cls_logits, boxes, *_ = m(x)
         return postprocess(cls_logits, boxes)
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ always run in float32, also under bf16 autocast (``depthwise_in_fp32``: a CPU sp
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -18,37 +19,47 @@ from head import DecoupledHead, decode, make_anchor_points
 from neck import build_neck
 
 
+class DetectorOutput(NamedTuple):
+    """What ``Detector.forward`` returns; unpacks like a tuple (``cls_logits, boxes, *_ = model(x)``)."""
+    cls_logits: torch.Tensor         # (B, A, C) class logits
+    boxes: torch.Tensor              # (B, A, 4) xyxy pixels
+    points: torch.Tensor             # (A, 2) anchor points, (x, y) pixels
+    strides: torch.Tensor            # (A,) stride of each anchor point's level
+    box_logits: torch.Tensor | None  # (B, A, 4, n) distance distributions with box_bins = n, else None
+
+
 class Detector(nn.Module):
-    """``forward(images (B,3,H,W)) -> cls_logits (B,A,C), pred_boxes (B,A,4) xyxy pixels, points (A,2)``.
+    """``forward(images (B,3,H,W)) -> DetectorOutput``: class logits, xyxy pixel boxes, anchor points.
 
     H and W must be multiples of the largest stride (32) so every level tiles the image exactly.
     """
 
     def __init__(self, num_classes: int, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True,
                  weights: str | None = None, unfreeze: int = 2, width: int = 64, neck: str = "fpn",
-                 neck_block: str = "conv", depthwise_head: bool = True):
+                 neck_block: str = "conv", depthwise_head: bool = True, box_bins: int = 0):
         super().__init__()
         # Everything needed to rebuild this model; saved in checkpoints (weights come from the checkpoint).
         self.config = dict(num_classes=num_classes, backbone=backbone, unfreeze=unfreeze, width=width, neck=neck,
-                           neck_block=neck_block, depthwise_head=depthwise_head)
+                           neck_block=neck_block, depthwise_head=depthwise_head, box_bins=box_bins)
         self.backbone = Backbone(backbone, pretrained=pretrained, unfreeze_last=unfreeze, weights=weights)
         self.neck = build_neck(neck, self.backbone.channels, width, neck_block)
-        self.head = DecoupledHead(num_classes, width, width, self.backbone.strides, depthwise=depthwise_head)
+        self.head = DecoupledHead(num_classes, width, width, self.backbone.strides, depthwise=depthwise_head,
+                                  box_bins=box_bins)
         self.strides = self.backbone.strides
         depthwise_in_fp32(self)
-        self._points = {}  # (H, W) -> anchor points, computed once per input size
+        self._points = {}  # (H, W) -> (anchor points, their strides), computed once per input size
 
-    def anchor_points(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def anchor_points(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         shapes = tuple(tuple(f.shape[-2:]) for f in feats)
         if shapes not in self._points:
-            self._points[shapes] = make_anchor_points(shapes, self.strides, feats[0].device)[0]
+            self._points[shapes] = make_anchor_points(shapes, self.strides, feats[0].device)
         return self._points[shapes]
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
         feats = self.neck(self.backbone(images))     # [P3, P4, P5], (B, width, h_i, w_i)
-        cls_logits, ltrb = self.head(feats)          # (B, A, C), (B, A, 4) pixel distances
-        points = self.anchor_points(feats)           # (A, 2)
-        return cls_logits, decode(points, ltrb), points
+        cls_logits, ltrb, box_logits = self.head(feats)  # (B, A, C), (B, A, 4) pixel distances, (B, A, 4, n)
+        points, strides = self.anchor_points(feats)  # (A, 2), (A,)
+        return DetectorOutput(cls_logits, decode(points, ltrb), points, strides, box_logits)
 
 
 def build_detector(config: dict, pretrained: bool = False) -> Detector:

@@ -126,10 +126,10 @@ def postprocess(cls_logits: torch.Tensor, pred_boxes: torch.Tensor, method: str 
 def predict(model, images: torch.Tensor, tta: bool = False):
     """Model outputs for a batch; with ``tta`` the horizontally flipped batch is run too and its boxes,
     flipped back, are appended as extra candidates: (B, A or 2A, C) logits, (B, A or 2A, 4) boxes."""
-    cls_logits, boxes, _ = model(images)
+    cls_logits, boxes, *_ = model(images)
     if tta:
         w = images.shape[-1]
-        cls_f, boxes_f, _ = model(images.flip(-1))
+        cls_f, boxes_f, *_ = model(images.flip(-1))
         boxes_f = torch.stack([w - boxes_f[..., 2], boxes_f[..., 1], w - boxes_f[..., 0], boxes_f[..., 3]], -1)
         cls_logits, boxes = torch.cat([cls_logits, cls_f], 1), torch.cat([boxes, boxes_f], 1)
     return cls_logits, boxes
@@ -340,7 +340,7 @@ def detect_image_files(model, paths: list[Path], img_size: int, amp: bool = Fals
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         x = tf(image=rgb, bboxes=torch.zeros(0, 4).numpy(), labels=[])["image"][None]
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            cls_logits, boxes, _ = model(x.to(device, memory_format=torch.channels_last))
+            cls_logits, boxes, *_ = model(x.to(device, memory_format=torch.channels_last))
         det = {k: v.cpu() for k, v in postprocess(cls_logits, boxes, image_size=x.shape[-2:], **post_kwargs)[0].items()}
         det["boxes"] = det["boxes"] / (img_size / max(rgb.shape[:2]))  # undo LongestMaxSize; padding is bottom/right
         out.append((path, rgb, det))

@@ -19,6 +19,9 @@ Differences from the paper:
 - Boxes are (l, t, r, b) distances (FCOS / TOOD / YOLOv8), not YOLOX's
   (dx, dy, log w, log h); distances are ``softplus(x) * stride`` so they are
   positive and each level predicts in units of its own stride.
+- Optional (``box_bins=n``, off by default): each distance is a discrete distribution over
+  0 .. n-1 strides and the box is its expectation (GFL, Li et al., NeurIPS 2020, sec. 3.3
+  "General Distribution"; YOLOv8 uses n = 16), trained with losses.distribution_focal_loss.
 - Default width 64 and depthwise-separable branch convs (YOLOX-Nano's setting),
   not 256 full convs: on a CPU a 256-channel head at stride 8 costs more than the
   whole backbone. ``depthwise=False`` gives the plain 3x3 convs of the paper.
@@ -35,12 +38,16 @@ from neck import ConvBNAct, conv3x3
 
 
 class DecoupledHead(nn.Module):
-    """``forward([P3, P4, P5]) -> cls_logits (B, A, C), ltrb (B, A, 4) pixels``, A = Σ h_i·w_i."""
+    """``forward([P3, P4, P5]) -> cls_logits (B, A, C), ltrb (B, A, 4) pixels, box_logits``, A = Σ h_i·w_i.
+
+    ``box_logits``: with ``box_bins = n > 0``, the (B, A, 4, n) logits of each side's distance distribution
+    (for the distribution focal loss); ``None`` otherwise.
+    """
 
     def __init__(self, num_classes: int, in_channels: int = 64, width: int = 64, strides=(8, 16, 32),
-                 depthwise: bool = True, prior_prob: float = 0.01):
+                 depthwise: bool = True, prior_prob: float = 0.01, box_bins: int = 0):
         super().__init__()
-        self.num_classes, self.strides = num_classes, tuple(strides)
+        self.num_classes, self.strides, self.box_bins = num_classes, tuple(strides), box_bins
         n = len(strides)
         self.stems = nn.ModuleList(ConvBNAct(in_channels, width, 1) for _ in range(n))
         self.cls_branches = nn.ModuleList(
@@ -48,26 +55,43 @@ class DecoupledHead(nn.Module):
         self.box_branches = nn.ModuleList(
             nn.Sequential(conv3x3(width, width, depthwise), conv3x3(width, width, depthwise)) for _ in range(n))
         self.cls_preds = nn.ModuleList(nn.Conv2d(width, num_classes, 1) for _ in range(n))
-        self.box_preds = nn.ModuleList(nn.Conv2d(width, 4, 1) for _ in range(n))
+        self.box_preds = nn.ModuleList(nn.Conv2d(width, 4 * (box_bins or 1), 1) for _ in range(n))
         # Prior-probability init (RetinaNet sec. 4.1): almost every location is background, so start
         # every class score at sigmoid(b) = prior_prob (0.01) instead of 0.5. Otherwise the thousands of
         # background locations produce a huge loss in the first steps and destabilise training.
         for conv in self.cls_preds:
             nn.init.constant_(conv.bias, -math.log((1 - prior_prob) / prior_prob))
         for conv in self.box_preds:
-            nn.init.zeros_(conv.bias)  # softplus(0) * stride = 0.69 stride: a small box around the point
+            # softplus(0) * stride = 0.69 stride: a small box around the point. With bins: a uniform
+            # distribution, whose expectation is (n - 1) / 2 strides (YOLOv8 starts the same way).
+            nn.init.zeros_(conv.bias)
 
-    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        cls_out, box_out = [], []
+    def forward(self, feats: list[torch.Tensor]):
+        cls_out, box_out, logit_out = [], [], []
         for i, x in enumerate(feats):
             x = self.stems[i](x)                                       # (B, width, h, w)
             cls = self.cls_preds[i](self.cls_branches[i](x))          # (B, C, h, w)
-            box = self.box_preds[i](self.box_branches[i](x))          # (B, 4, h, w)
-            box = F.softplus(box.float()) * self.strides[i]           # distances in pixels, > 0
+            box = self.box_preds[i](self.box_branches[i](x)).float()  # (B, 4 or 4n, h, w)
+            if self.box_bins:
+                logits = box.unflatten(1, (4, self.box_bins)).flatten(3)  # (B, 4, n, h*w): one distribution per side
+                logit_out.append(logits)
+                box = distribution_to_distance(logits, 2) * self.strides[i]  # (B, 4, h*w) pixels
+            else:
+                box = F.softplus(box.flatten(2)) * self.strides[i]     # (B, 4, h*w) pixels, > 0
             cls_out.append(cls.flatten(2))                            # (B, C, h*w)
-            box_out.append(box.flatten(2))                            # (B, 4, h*w)
+            box_out.append(box)
         # Concatenate the levels P3, P4, P5 in that order, row-major inside a level (as make_anchor_points).
-        return torch.cat(cls_out, 2).transpose(1, 2), torch.cat(box_out, 2).transpose(1, 2)
+        box_logits = torch.cat(logit_out, 3).permute(0, 3, 1, 2) if self.box_bins else None  # (B, A, 4, n)
+        return torch.cat(cls_out, 2).transpose(1, 2), torch.cat(box_out, 2).transpose(1, 2), box_logits
+
+
+def distribution_to_distance(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """GFL's integral (sec. 3.3): logits over bins 0 .. n-1 along ``dim`` -> the expected bin, Σ_i softmax_i · i.
+    The result is in bins (= strides); ``dim`` is removed."""
+    bins = torch.arange(logits.shape[dim], dtype=logits.dtype, device=logits.device)
+    shape = [1] * logits.dim()
+    shape[dim] = -1
+    return (logits.softmax(dim) * bins.view(shape)).sum(dim)
 
 
 def make_anchor_points(feature_shapes, strides, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """Losses: the IoU family written out by hand, and the detection loss.
 
 Course section: "Losses". Papers: GIoU (Rezatofighi et al., CVPR 2019, eq. in Alg. 2),
-DIoU / CIoU (Zheng et al., AAAI 2020, eqs. 6 and 9-11), and the loss of TOOD
-(Feng et al., ICCV 2021, sec. 3.2 "Task-aligned Loss").
+DIoU / CIoU (Zheng et al., AAAI 2020, eqs. 6 and 9-11), the loss of TOOD
+(Feng et al., ICCV 2021, sec. 3.2 "Task-aligned Loss"), and, optionally, GFL's
+distribution focal loss (Li et al., NeurIPS 2020, sec. 3.3, eq. 6).
 
 All boxes are xyxy pixels. ``box_iou`` is THE IoU of this repo: the assigner,
 the loss and post-processing all call it (or its paired twin ``paired_iou``).
@@ -15,6 +16,8 @@ Differences from the papers:
   (IoU/GIoU/DIoU/CIoU).
 - Both terms are normalised by the sum of the soft targets (as YOLOv8/PP-YOLOE),
   not by the number of positives.
+- The distribution focal loss (only for a head with ``box_bins``) is added to the box loss,
+  not used instead of it (as YOLOv8); each positive weighs its soft target there too.
 - CIoU's ``alpha`` is computed without gradient, as in the authors' code, so it
   acts as a weight and not as a second target.
 """
@@ -153,6 +156,25 @@ def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.
 CLS_LOSSES = {"bce": bce_loss, "qfl": quality_focal_loss, "vfl": varifocal_loss}
 
 
+# --------------------------------------------------------------------------- box distribution
+def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distribution Focal Loss (GFL, Li et al., NeurIPS 2020, eq. 6), elementwise:
+
+        DFL(S, y) = -((y_{i+1} - y) log S_i + (y - y_i) log S_{i+1}),   y_i = floor(y), y_{i+1} = y_i + 1
+
+    ``logits`` (..., n) over the bins 0 .. n-1, ``target`` (...) a real distance in bins, clamped here to
+    [0, n - 1.01] so both neighbours exist. The two bins around y get all the probability mass, split so
+    that the expectation Σ S_i · i is exactly y at the minimum: a sharp distribution where the box side
+    is clear, a wide one where it is ambiguous (occlusion, blur). -> (...) loss.
+    """
+    y = target.clamp(0, logits.shape[-1] - 1.01)
+    left = y.floor().long()                    # y_i
+    w_left = (left + 1) - y                    # y_{i+1} - y: weight of the left bin
+    log_p = logits.float().log_softmax(-1)     # log S
+    return -(w_left * log_p.gather(-1, left[..., None]).squeeze(-1)
+             + (1 - w_left) * log_p.gather(-1, left[..., None] + 1).squeeze(-1))
+
+
 # --------------------------------------------------------------------------- detection loss
 class Assignment(NamedTuple):
     """What an assigner decides for every anchor point (see assign.py)."""
@@ -164,22 +186,28 @@ class Assignment(NamedTuple):
 
 
 class DetectionLoss(torch.nn.Module):
-    """cls loss (BCE / QFL / VFL) against soft targets + box IoU-loss on positives, both / max(Σ targets, 1).
+    """cls loss (BCE / QFL / VFL) against soft targets + box IoU-loss on positives (+ DFL with a
+    distribution head), all / max(Σ targets, 1).
 
     Images without objects have all-zero targets: they add only the (background) classification term.
+    ``dfl_weight`` 0.5 keeps YOLOv8's ratio of box-IoU to DFL weight (7.5 : 1.5) against our box weight 2.5.
     """
 
     def __init__(self, box_loss: str = "giou", cls_loss: str = "bce", cls_weight: float = 1.0,
-                 box_weight: float = 2.5):
+                 box_weight: float = 2.5, dfl_weight: float = 0.5):
         super().__init__()
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {sorted(BOX_LOSSES)}, got {box_loss!r}")
         if cls_loss not in CLS_LOSSES:
             raise ValueError(f"cls_loss must be one of {sorted(CLS_LOSSES)}, got {cls_loss!r}")
         self.box_loss_fn, self.cls_loss_fn = BOX_LOSSES[box_loss], CLS_LOSSES[cls_loss]
-        self.cls_weight, self.box_weight = cls_weight, box_weight
+        self.cls_weight, self.box_weight, self.dfl_weight = cls_weight, box_weight, dfl_weight
 
-    def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, a: Assignment) -> dict:
+    def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, a: Assignment,
+                box_logits: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                strides: torch.Tensor | None = None) -> dict:
+        """``box_logits`` (B, A, 4, n), ``points`` (A, 2), ``strides`` (A,): a distribution head's outputs
+        (``DetectorOutput``), for the DFL term; without them the loss has no DFL term."""
         cls_logits, pred_boxes = cls_logits.float(), pred_boxes.float()  # the loss always runs in fp32
         norm = a.target_scores.sum().clamp(min=1)  # max(Σ targets, 1): a batch of empty images divides by 1
         loss_cls = self.cls_loss_fn(cls_logits, a.target_scores).sum() / norm
@@ -187,4 +215,13 @@ class DetectionLoss(torch.nn.Module):
         weight = a.target_scores.sum(-1)[fg]  # (P,) each positive counts as much as its soft target
         loss_box = (self.box_loss_fn(pred_boxes[fg], a.target_boxes[fg], reduction="none") * weight).sum() / norm
         total = self.cls_weight * loss_cls + self.box_weight * loss_box
-        return {"cls": loss_cls, "box": loss_box, "total": total}
+        out = {"cls": loss_cls, "box": loss_box}
+        if box_logits is not None:
+            p = points.expand(len(fg), -1, -1)[fg]                                   # (P, 2) anchor points
+            t = a.target_boxes[fg]                                                  # (P, 4) xyxy pixels
+            ltrb = torch.cat([p - t[:, :2], t[:, 2:] - p], -1) / strides.expand(len(fg), -1)[fg][:, None]  # in bins
+            loss_dfl = (distribution_focal_loss(box_logits[fg], ltrb).mean(-1) * weight).sum() / norm
+            total = total + self.dfl_weight * loss_dfl
+            out["dfl"] = loss_dfl
+        out["total"] = total
+        return out

@@ -73,6 +73,10 @@ def parse_args(argv=None):
     p.add_argument("--box-loss", choices=sorted(BOX_LOSSES), default="giou")
     p.add_argument("--cls-loss", choices=sorted(CLS_LOSSES), default="bce")
     p.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
+    p.add_argument("--box-bins", type=int, default=0,
+                   help="N > 0: predict each box side as a distribution over 0..N-1 strides, trained with "
+                        "the distribution focal loss (GFL; YOLOv8: 16); 0: one softplus distance per side")
+    p.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
     p.add_argument("--aug", choices=AUG_LEVELS, default="basic", help="train augmentation level")
     p.add_argument("--no-aug", action="store_true", help="same as --aug none")
     p.add_argument("--close-mosaic", type=int, default=2, help="with --aug strong: basic aug for the last N epochs")
@@ -226,11 +230,11 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
         gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
         # Forward in bf16 where supported; assigner and loss run in fp32 (they cast their inputs).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            cls_logits, pred_boxes, points = model(images)                   # (B,A,C), (B,A,4), (A,2)
+            out = model(images)                              # (B,A,C) logits, (B,A,4) boxes, (A,2) points ...
         # The assigner sees detached predictions: assignment is a choice, not something to backprop through.
-        assignment = assigner(cls_logits.detach().float().sigmoid(), pred_boxes.detach(), points,
+        assignment = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points,
                               gt_labels, gt_boxes, gt_mask)
-        losses = criterion(cls_logits, pred_boxes, assignment)
+        losses = criterion(out.cls_logits, out.boxes, assignment, out.box_logits, out.points, out.strides)
         if not torch.isfinite(losses["total"]):
             # Skip the update (one bad batch must not poison the weights), but count: a run of them means
             # training diverged (LR too high, broken data) and going on would only waste hours.
@@ -327,7 +331,8 @@ def main(argv=None):
         class_names = load_class_names(root)
         args.img_size = round_to_stride(args.img_size or dataset_image_size(root))
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
-                         unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block)
+                         unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block,
+                         box_bins=args.box_bins)
         # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU).
         model = model.to(device, memory_format=torch.channels_last)
         mean, std = model.backbone.mean, model.backbone.std
@@ -347,7 +352,7 @@ def main(argv=None):
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     iters = len(train_loader)
     scheduler = make_scheduler(optimizer, args.epochs * iters, max(1, int(args.warmup_epochs * iters)))
-    criterion = DetectionLoss(args.box_loss, args.cls_loss, box_weight=args.box_weight)
+    criterion = DetectionLoss(args.box_loss, args.cls_loss, box_weight=args.box_weight, dfl_weight=args.dfl_weight)
     # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).
     ema = ModelEmaV3(model, decay=0.9998, use_warmup=True) if args.ema else None
     # planned_iters: --epochs worth, or with --time the iterations that fit (re-planned after every epoch).

@@ -44,7 +44,7 @@ def largest_area(boxes: np.ndarray) -> float:
 def outputs(model, images: torch.Tensor):
     """images (B,3,S,S) -> scores (B,A,C) probabilities, boxes (B,A,4), points (A,2), fp32, eval mode."""
     model.eval()
-    cls_logits, boxes, points = model(images.contiguous(memory_format=torch.channels_last))
+    cls_logits, boxes, points, *_ = model(images.contiguous(memory_format=torch.channels_last))
     return cls_logits.float().sigmoid(), boxes.float(), points
 
 
@@ -156,7 +156,7 @@ def main(argv=None):
 
     images, targets = collate([test[i] for i in range(min(args.num, len(test)))])
     with torch.no_grad():
-        cls_logits, boxes, _ = trained(images.contiguous(memory_format=torch.channels_last))
+        cls_logits, boxes, *_ = trained(images.contiguous(memory_format=torch.channels_last))
     preds = postprocess(cls_logits, boxes)
     save(plot_predictions([to_uint8_image(x, mean, std) for x in images], preds, names, targets), "predictions")
 

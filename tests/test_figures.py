@@ -20,7 +20,7 @@ def scene():
     model = Detector(2, pretrained=False).eval()
     image = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        cls_logits, boxes, points = model(image)
+        cls_logits, boxes, points, *_ = model(image)
     gt = torch.tensor([[8.0, 8.0, 40.0, 40.0], [30.0, 30.0, 34.0, 35.0]])
     return model, image, cls_logits, boxes, points, gt, (image[0].permute(1, 2, 0) * 255).byte().numpy()
 

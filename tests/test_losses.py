@@ -3,7 +3,9 @@ import pytest
 import torch
 import torchvision.ops as tvo
 
-from losses import (Assignment, DetectionLoss, box_iou, ciou_loss, diou_loss, giou_loss, iou_loss)
+from head import distribution_to_distance
+from losses import (Assignment, DetectionLoss, box_iou, ciou_loss, diou_loss, distribution_focal_loss, giou_loss,
+                    iou_loss)
 
 
 def random_boxes(n, seed):
@@ -98,3 +100,45 @@ def test_detection_loss_weights_box_term_by_target_score():
     out = DetectionLoss(box_loss="iou")(torch.zeros(1, 2, 2), pred, a)
     # Σ (loss * weight) / max(Σ targets, 1) = (2/3 * 0.5) / 1
     torch.testing.assert_close(out["box"], torch.tensor(2 / 3 * 0.5))
+
+
+def test_dfl_hand_computed():
+    # Uniform over 4 bins: every log S_i = -log 4, so the loss is log 4 whatever the target.
+    torch.testing.assert_close(distribution_focal_loss(torch.zeros(3, 4), torch.tensor([0.0, 1.3, 2.5])),
+                               torch.full((3,), torch.tensor(4.0).log().item()))
+    # y = 1.3 sits between bins 1 and 2: -(0.7 log S_1 + 0.3 log S_2).
+    logits = torch.tensor([0.5, 2.0, 1.0, -1.0])
+    log_p = logits.log_softmax(-1)
+    torch.testing.assert_close(distribution_focal_loss(logits, torch.tensor(1.3)), -(0.7 * log_p[1] + 0.3 * log_p[2]))
+    # Targets beyond the last bin are clamped to n - 1.01: almost all weight on the last bin.
+    torch.testing.assert_close(distribution_focal_loss(logits, torch.tensor(9.0)),
+                               -(0.01 * log_p[2] + 0.99 * log_p[3]), rtol=1e-5, atol=1e-5)
+
+
+def test_dfl_minimum_puts_the_expectation_on_the_target():
+    """Minimising DFL moves all mass onto the two bins around y = 2.3, 0.7 on bin 2 and 0.3 on bin 3,
+    so the expectation is y."""
+    logits = torch.zeros(8, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.5)
+    for _ in range(300):
+        opt.zero_grad()
+        distribution_focal_loss(logits, torch.tensor(2.3)).backward()
+        opt.step()
+    p = logits.detach().softmax(-1)
+    assert p[2].item() == pytest.approx(0.7, abs=0.01) and p[3].item() == pytest.approx(0.3, abs=0.01)
+    assert distribution_to_distance(logits.detach()).item() == pytest.approx(2.3, abs=0.01)
+
+
+def test_detection_loss_dfl_term():
+    """One positive: anchor point (10, 10) at stride 4, target box (6, 8, 14, 20) -> distances (1, 0.5, 1, 2.5) bins."""
+    logits = torch.randn(1, 2, 4, 5)
+    points, strides = torch.tensor([[10.0, 10.0], [30.0, 30.0]]), torch.tensor([4.0, 4.0])
+    target = torch.tensor([[[6.0, 8, 14, 20], [0, 0, 0, 0]]])
+    scores = torch.tensor([[[0.5, 0.0], [0.0, 0.0]]])
+    a = _assignment(torch.tensor([[True, False]]), target, scores)
+    pred = torch.tensor([[[6.0, 8, 14, 20], [0, 0, 1, 1]]])
+    out = DetectionLoss(dfl_weight=2.0)(torch.zeros(1, 2, 2), pred, a, logits, points, strides)
+    expected = distribution_focal_loss(logits[0, 0], torch.tensor([1.0, 0.5, 1.0, 2.5])).mean() * 0.5 / 1
+    torch.testing.assert_close(out["dfl"], expected)
+    torch.testing.assert_close(out["total"], out["cls"] + 2.5 * out["box"] + 2.0 * out["dfl"])
+    assert "dfl" not in DetectionLoss()(torch.zeros(1, 2, 2), pred, a)

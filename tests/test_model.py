@@ -4,7 +4,7 @@ import torch
 
 from backbone import Backbone, lite0_package_weights, lukemelas_to_timm
 from detector import Detector, depthwise_in_fp32, fuse_conv_bn
-from head import DecoupledHead, decode, make_anchor_points
+from head import DecoupledHead, decode, distribution_to_distance, make_anchor_points
 from neck import FPN
 
 
@@ -90,23 +90,45 @@ def test_decode_ltrb_to_xyxy():
 def test_head_shapes_and_prior_init():
     head = DecoupledHead(num_classes=3, in_channels=16, width=16)
     feats = [torch.randn(2, 16, s, s) for s in (8, 4, 2)]
-    cls, ltrb = head(feats)
-    assert cls.shape == (2, 84, 3) and ltrb.shape == (2, 84, 4)
+    cls, ltrb, box_logits = head(feats)
+    assert cls.shape == (2, 84, 3) and ltrb.shape == (2, 84, 4) and box_logits is None
     assert (ltrb > 0).all()
     torch.testing.assert_close(head.cls_preds[0].bias.sigmoid(), torch.full((3,), 0.01))
 
 
 @pytest.mark.parametrize("size", [(128, 128), (96, 160)])
-def test_detector_outputs_and_box_centres(size):
-    model = Detector(num_classes=2, pretrained=False).eval()
-    cls, boxes, points = model(torch.zeros(2, 3, *size))
+@pytest.mark.parametrize("box_bins", [0, 16])
+def test_detector_outputs_and_box_centres(size, box_bins):
+    model = Detector(num_classes=2, pretrained=False, box_bins=box_bins).eval()
+    cls, boxes, points, strides, box_logits = model(torch.zeros(2, 3, *size))
     a = sum((size[0] // s) * (size[1] // s) for s in (8, 16, 32))
-    assert cls.shape == (2, a, 2) and boxes.shape == (2, a, 4) and points.shape == (a, 2)
+    assert cls.shape == (2, a, 2) and boxes.shape == (2, a, 4) and points.shape == (a, 2) and strides.shape == (a,)
     # Every decoded box contains its own anchor point (distances are positive).
     assert (boxes[..., :2] < points).all() and (boxes[..., 2:] > points).all()
+    if box_bins:  # the boxes are the expectations of the distributions, in strides
+        assert box_logits.shape == (2, a, 4, box_bins)
+        ltrb = distribution_to_distance(box_logits) * strides[:, None]
+        torch.testing.assert_close(boxes, decode(points, ltrb))
+    else:
+        assert box_logits is None
 
 
-@pytest.mark.parametrize("config", [dict(), dict(neck="pan", neck_block="csp", depthwise_head=False)])
+def test_distribution_to_distance():
+    one_hot = torch.full((3, 6), -30.0)
+    one_hot[[0, 1, 2], [0, 2, 5]] = 30.0
+    torch.testing.assert_close(distribution_to_distance(one_hot), torch.tensor([0.0, 2.0, 5.0]))
+    # A uniform distribution over 0..5 has expectation 2.5; halfway mass on bins 1 and 3 gives 2.
+    torch.testing.assert_close(distribution_to_distance(torch.zeros(6)), torch.tensor(2.5))
+    two = torch.full((6,), -30.0)
+    two[[1, 3]] = 0.0
+    torch.testing.assert_close(distribution_to_distance(two), torch.tensor(2.0))
+    # ``dim`` chooses the bin axis: (4, n, A) as the head lays it out.
+    logits = torch.randn(4, 6, 10)
+    torch.testing.assert_close(distribution_to_distance(logits, 1), distribution_to_distance(logits.transpose(1, 2)))
+
+
+@pytest.mark.parametrize("config", [dict(), dict(neck="pan", neck_block="csp", depthwise_head=False),
+                                    dict(box_bins=16)])
 def test_fused_conv_bn_gives_the_same_outputs(config):
     torch.manual_seed(0)
     model = Detector(num_classes=2, pretrained=False, **config)
@@ -120,7 +142,7 @@ def test_fused_conv_bn_gives_the_same_outputs(config):
     fused = fuse_conv_bn(model)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
-        (cls, boxes, _), (cls_f, boxes_f, _) = model(x), fused(x)
+        (cls, boxes, *_), (cls_f, boxes_f, *_) = model(x), fused(x)
     torch.testing.assert_close(cls_f, cls, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(boxes_f, boxes, rtol=1e-4, atol=1e-3)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
@@ -129,7 +151,7 @@ def test_fused_conv_bn_gives_the_same_outputs(config):
     fused_bf16 = fuse_conv_bn(model, bf16=True)
     assert all(p.dtype == torch.bfloat16 for p in fused_bf16.parameters())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        (cls_a, boxes_a, _), (cls_b, boxes_b, _) = fused(x), fused_bf16(x)
+        (cls_a, boxes_a, *_), (cls_b, boxes_b, *_) = fused(x), fused_bf16(x)
     torch.testing.assert_close(cls_b, cls_a, rtol=0, atol=0)
     torch.testing.assert_close(boxes_b, boxes_a, rtol=0, atol=0)
 

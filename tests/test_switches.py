@@ -218,6 +218,20 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])
 
 
+def test_box_bins_train_and_reload(tmp_path):
+    """--box-bins trains a distribution head; its checkpoint rebuilds the same head for evaluation."""
+    from evaluate import load_checkpoint
+    root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
+    res = train.main(["--data", str(root), "--out", str(tmp_path), "--name", "dfl", "--workers", "0", "--epochs", "1",
+                      "--batch-size", "4", "--img-size", "64", "--box-bins", "8"])
+    assert math.isfinite(res["map"])
+    model, ckpt = load_checkpoint(str(tmp_path / "dfl" / "best.pt"))
+    assert ckpt["model_config"]["box_bins"] == 8 and model.head.box_preds[0].out_channels == 4 * 8
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))
+    assert out.box_logits.shape == (1, 84, 4, 8)
+
+
 @pytest.mark.parametrize("name, channels", [("efficientnet_b0", [40, 112, 320]), ("resnet50", [512, 1024, 2048])])
 def test_other_backbones_work_offline(name, channels):
     with pytest.warns(UserWarning, match="RANDOM INIT"):
