@@ -198,8 +198,9 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
 
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "loss_cls", "loss_box"):
-        ax.plot(ep, [r[key] for r in rows], label=key)
+    for key in ("loss", "loss_cls", "loss_box", "loss_dfl"):
+        if key in rows[0]:
+            ax.plot(ep, [r[key] for r in rows], label=key)
     ax.set(xlabel="epoch", ylabel="train loss (log scale)", title="training loss", yscale="log")
     ax.legend()
     fig.tight_layout()
@@ -258,8 +259,9 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
         if ema is not None:
             ema.update(model, step=scheduler.last_epoch)  # last_epoch counts iterations here
         n += 1
-        for key, name in (("loss", "total"), ("loss_cls", "cls"), ("loss_box", "box")):
-            sums[key] += losses[name].item()
+        for name, value in losses.items():  # total, cls, box (and dfl with --box-bins)
+            key = "loss" if name == "total" else f"loss_{name}"
+            sums[key] = sums.get(key, 0.0) + value.item()
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", cls=f"{sums['loss_cls'] / n:.3f}",
                         box=f"{sums['loss_box'] / n:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",
                         img_s=f"{n * loader.batch_size / (time.time() - t0):.1f}", refresh=False)

@@ -1,5 +1,6 @@
 """The improvement switches: PAN/CSP neck, QFL/VFL, Soft-NMS/WBF/TTA, Mosaic, EMA, assigner warm-up."""
 import argparse
+import csv
 import json
 import math
 
@@ -225,6 +226,8 @@ def test_box_bins_train_and_reload(tmp_path):
     res = train.main(["--data", str(root), "--out", str(tmp_path), "--name", "dfl", "--workers", "0", "--epochs", "1",
                       "--batch-size", "4", "--img-size", "64", "--box-bins", "8"])
     assert math.isfinite(res["map"])
+    row = next(csv.DictReader(open(tmp_path / "dfl" / "metrics.csv")))
+    assert float(row["loss_dfl"]) > 0  # the DFL term is trained and logged
     model, ckpt = load_checkpoint(str(tmp_path / "dfl" / "best.pt"))
     assert ckpt["model_config"]["box_bins"] == 8 and model.head.box_preds[0].out_channels == 4 * 8
     with torch.no_grad():
