@@ -103,6 +103,7 @@ def test_evaluate_cli_metrics_pr_json_and_drawings(checkpoint, small_data, tmp_p
     out = capsys.readouterr().out
     assert "mAP@[.5:.95]" in out and "box-red" in out and "box-blue" in out
     assert (tmp_path / "pr.png").stat().st_size > 0 and (tmp_path / "d.json").stat().st_size > 0
+    assert "median IoU" in out and (tmp_path / "iou_test.png").stat().st_size > 0
     assert len(list((tmp_path / "draw").glob("*.png"))) == 1
 
 

@@ -127,6 +127,19 @@ def test_postprocess_methods_with_no_candidate_return_empty(method):
     assert len(one["boxes"]) == 1 and one["labels"][0] == 0
 
 
+def test_best_match_ious_hand_computed():
+    from evaluate import best_match_ious
+    det = {"boxes": torch.tensor([[0.0, 0, 10, 5], [0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]),
+           "scores": torch.tensor([0.9, 0.1, 0.8, 0.9]),  # the exact box scores below min_score: not counted
+           "labels": torch.tensor([0, 0, 1, 0]),
+           "gt_boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [52, 50, 62, 60], [80, 80, 90, 90]]),
+           "gt_labels": torch.tensor([0, 0, 0, 1])}
+    per_class = best_match_ious([det], num_classes=2, min_score=0.3)
+    # GT 0: half-height box, IoU 0.5. GT 1: only a class-1 box matches it: 0. GT 2: shifted by 2 px, 80/120.
+    torch.testing.assert_close(per_class[0], torch.tensor([0.5, 0.0, 80 / 120]))
+    torch.testing.assert_close(per_class[1], torch.tensor([0.0]))  # the class-1 box lies elsewhere
+
+
 def test_tta_flips_boxes_back():
     class Fixed(torch.nn.Module):
         """Predicts the pixel span of the brightest column: a flip-equivariant "detector"."""
