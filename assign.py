@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from head import encode
 from losses import Assignment, box_iou, paired_iou
 
 
@@ -47,10 +48,8 @@ def candidates_inside(anchor_points: torch.Tensor, gt_boxes: torch.Tensor, gt_ma
 
     A real GT with no point inside (smaller than the stride) gets its nearest point instead.
     """
-    x, y = anchor_points[:, 0], anchor_points[:, 1]                               # (A,)
-    x1, y1, x2, y2 = gt_boxes[..., 0:1], gt_boxes[..., 1:2], gt_boxes[..., 2:3], gt_boxes[..., 3:4]  # (B,M,1)
     # Smallest distance from the point to the four sides; > 0 means strictly inside.
-    inside = torch.stack([x - x1, y - y1, x2 - x, y2 - y], -1).amin(-1) > eps     # (B, M, A)
+    inside = encode(anchor_points, gt_boxes[..., None, :]).amin(-1) > eps         # (B, M, A)
     inside &= gt_mask[..., None]
     centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2                         # (B, M, 2)
     nearest = torch.cdist(centres, anchor_points[None].expand(len(centres), -1, -1)).argmin(-1)  # (B, M)

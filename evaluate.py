@@ -225,9 +225,9 @@ def best_match_ious(detections: list[dict], num_classes: int, min_score: float =
 def format_ious(ious: list[torch.Tensor], class_names: list[str]) -> str:
     """``best_match_ious`` as a small text table: median IoU and the share of GT boxes matched at 0.5 / 0.75."""
     lines = [f"{'class':<16}{'GT':>5}{'median IoU':>12}{'>= 0.5':>8}{'>= 0.75':>9}"]
+    # A class without GT boxes prints nan: the mean of nothing is nan, the median of nothing an error.
     lines += [f"{name:<16}{len(v):>5}{v.median().item() if len(v) else float('nan'):>12.3f}"
-              f"{(v >= 0.5).float().mean().item() if len(v) else float('nan'):>8.0%}"
-              f"{(v >= 0.75).float().mean().item() if len(v) else float('nan'):>9.0%}"
+              f"{(v >= 0.5).float().mean().item():>8.0%}{(v >= 0.75).float().mean().item():>9.0%}"
               for name, v in zip(class_names, ious)]
     return "\n".join(lines)
 

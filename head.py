@@ -113,6 +113,12 @@ def decode(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
     return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
 
 
+def encode(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``decode``'s inverse: points (..., 2) and xyxy boxes (..., 4), broadcast against each other ->
+    distances (..., 4) to the box sides, (x - x1, y - y1, x2 - x, y2 - y); all > 0 iff the point is inside."""
+    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], -1)
+
+
 # --------------------------------------------------------------------------- pictures
 LEVEL_COLOURS = {8: "#ff9500", 16: "#34c759", 32: "#0a84ff"}
 

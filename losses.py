@@ -29,6 +29,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from head import encode
+
 
 # --------------------------------------------------------------------------- IoU
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -218,8 +220,7 @@ class DetectionLoss(torch.nn.Module):
         out = {"cls": loss_cls, "box": loss_box}
         if box_logits is not None:
             p = points.expand(len(fg), -1, -1)[fg]                                   # (P, 2) anchor points
-            t = a.target_boxes[fg]                                                  # (P, 4) xyxy pixels
-            ltrb = torch.cat([p - t[:, :2], t[:, 2:] - p], -1) / strides.expand(len(fg), -1)[fg][:, None]  # in bins
+            ltrb = encode(p, a.target_boxes[fg]) / strides.expand(len(fg), -1)[fg][:, None]  # (P, 4) in bins
             loss_dfl = (distribution_focal_loss(box_logits[fg], ltrb).mean(-1) * weight).sum() / norm
             total = total + self.dfl_weight * loss_dfl
             out["dfl"] = loss_dfl

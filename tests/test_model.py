@@ -4,7 +4,7 @@ import torch
 
 from backbone import Backbone, lite0_package_weights, lukemelas_to_timm
 from detector import Detector, depthwise_in_fp32, fuse_conv_bn
-from head import DecoupledHead, decode, distribution_to_distance, make_anchor_points
+from head import DecoupledHead, decode, distribution_to_distance, encode, make_anchor_points
 from neck import FPN
 
 
@@ -85,6 +85,7 @@ def test_decode_ltrb_to_xyxy():
     points = torch.tensor([[10.0, 20.0]])
     ltrb = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
     assert decode(points, ltrb).tolist() == [[[9.0, 18.0, 13.0, 24.0]]]
+    assert encode(points, decode(points, ltrb)).tolist() == ltrb.tolist()  # encode inverts decode
 
 
 def test_head_shapes_and_prior_init():
