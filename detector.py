@@ -36,7 +36,7 @@ class Detector(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True,
                  weights: str | None = None, unfreeze: int = 2, width: int = 64, neck: str = "fpn",
-                 neck_block: str = "conv", depthwise_head: bool = True, box_bins: int = 0):
+                 neck_block: str = "conv", depthwise_head: bool = False, box_bins: int = 0):
         super().__init__()
         # Everything needed to rebuild this model; saved in checkpoints (weights come from the checkpoint).
         self.config = dict(num_classes=num_classes, backbone=backbone, unfreeze=unfreeze, width=width, neck=neck,

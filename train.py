@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=64, help="neck and head channels")
     p.add_argument("--neck", choices=sorted(NECKS), default="fpn", help="fpn: top-down only; pan: + bottom-up")
     p.add_argument("--neck-block", choices=["conv", "csp"], default="conv", help="neck fuse unit: 3x3 conv or CSP")
+    p.add_argument("--head-conv", choices=["depthwise", "full"], default="full",
+                   help="head branch convs: full 3x3 (YOLOX-S and up) or depthwise-separable (YOLOX-Nano; "
+                        "the default before 2026-11-28, used by the ablation)")
     p.add_argument("--assigner", choices=["tal", "simple"], default="tal")
     p.add_argument("--warmup-assigner-epochs", type=int, default=0,
                    help="use the simple assigner for the first N epochs, then --assigner")
@@ -334,7 +337,7 @@ def main(argv=None):
         args.img_size = round_to_stride(args.img_size or dataset_image_size(root))
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
                          unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block,
-                         box_bins=args.box_bins)
+                         depthwise_head=args.head_conv == "depthwise", box_bins=args.box_bins)
         # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU).
         model = model.to(device, memory_format=torch.channels_last)
         mean, std = model.backbone.mean, model.backbone.std

@@ -128,7 +128,7 @@ def test_distribution_to_distance():
     torch.testing.assert_close(distribution_to_distance(logits, 1), distribution_to_distance(logits.transpose(1, 2)))
 
 
-@pytest.mark.parametrize("config", [dict(), dict(neck="pan", neck_block="csp", depthwise_head=False),
+@pytest.mark.parametrize("config", [dict(), dict(neck="pan", neck_block="csp", depthwise_head=True),
                                     dict(box_bins=16)])
 def test_fused_conv_bn_gives_the_same_outputs(config):
     torch.manual_seed(0)

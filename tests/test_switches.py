@@ -12,6 +12,7 @@ import data
 import train
 from backbone import Backbone
 from conftest import make_dataset
+from detector import Detector
 from evaluate import postprocess, predict, soft_nms, weighted_boxes_fusion
 from losses import bce_loss, quality_focal_loss, varifocal_loss
 from neck import PAN, CSPBlock, build_neck
@@ -232,17 +233,23 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])
 
 
-def test_box_bins_train_and_reload(tmp_path):
-    """--box-bins trains a distribution head; its checkpoint rebuilds the same head for evaluation."""
+def test_head_switches_train_and_reload(tmp_path):
+    """--box-bins trains a distribution head and --head-conv depthwise depthwise-separable branch convs; the
+    checkpoint rebuilds the same head for evaluation."""
     from evaluate import load_checkpoint
     root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
     res = train.main(["--data", str(root), "--out", str(tmp_path), "--name", "dfl", "--workers", "0", "--epochs", "1",
-                      "--batch-size", "4", "--img-size", "64", "--box-bins", "8"])
+                      "--batch-size", "4", "--img-size", "64", "--box-bins", "8", "--head-conv", "depthwise"])
     assert math.isfinite(res["map"])
     row = next(csv.DictReader(open(tmp_path / "dfl" / "metrics.csv")))
     assert float(row["loss_dfl"]) > 0  # the DFL term is trained and logged
     model, ckpt = load_checkpoint(str(tmp_path / "dfl" / "best.pt"))
     assert ckpt["model_config"]["box_bins"] == 8 and model.head.box_preds[0].out_channels == 4 * 8
+    # Depthwise-separable branches: a grouped 3x3 conv, then a 1x1; the default head has only full 3x3 convs.
+    def branch_convs(m):
+        return [c for c in m.head.box_branches.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert ckpt["model_config"]["depthwise_head"] and any(c.groups == c.in_channels > 1 for c in branch_convs(model))
+    assert all(c.groups == 1 and c.kernel_size == (3, 3) for c in branch_convs(Detector(num_classes=2, pretrained=False)))
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 64))
     assert out.box_logits.shape == (1, 84, 4, 8)
