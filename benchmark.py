@@ -14,8 +14,11 @@ that floor. Likewise inference can't beat the backbone's forward. The table show
 
     backbone fwd+bwd     ms/img  the training floor (batch --batch-size)
     train step           ms/img  forward + assign + loss + backward + AdamW step, data already in memory
-    loader               ms/img  JPEG decode + augment with the default DataLoader workers (train pipeline;
+    loader               ms/img  JPEG decode + augment with --workers DataLoader workers (train pipeline;
                                  the worst case: training's --cache skips the decode)
+    loop                 img/s   --loop-steps train steps fed by a fresh DataLoader with --workers workers over
+                                 decoded images, as train.py's loop (less its progress bar and grad clipping);
+                                 ``--workers 2`` against the default 0 shows why 0 is train.py's CPU default
     backbone fwd b1      ms      the inference floor, batch 1
     inference b1         ms      model + post-processing (NMS), batch 1, the model as trained
     fused b1             ms      the same with BatchNorm folded into the convs and, with bf16 autocast,
@@ -28,6 +31,7 @@ Each number is the median of ``--repeats`` timed runs after ``--warmup`` untimed
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -38,7 +42,7 @@ from data import DetectionDataset, build_transforms, collate, load_class_names, 
 from detector import Detector, depthwise_in_fp32, fuse_conv_bn
 from evaluate import inference_amp, load_checkpoint, postprocess
 from losses import DetectionLoss
-from train import amp_supported, make_optimizer
+from train import amp_supported, default_workers, make_optimizer
 
 
 def timed(fn, repeats: int, warmup: int) -> float:
@@ -80,7 +84,7 @@ def bench_size(size: int, args, root, names) -> dict:
     assigner, criterion = TaskAlignedAssigner(), DetectionLoss()
     optimizer = make_optimizer(model, 1e-4, 0.05)
 
-    def train_step():
+    def train_step(images=images, gt_boxes=gt_boxes, gt_labels=gt_labels, gt_mask=gt_mask):
         with autocast(args.amp):
             out = model(images)
         a = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points, gt_labels, gt_boxes,
@@ -105,7 +109,19 @@ def bench_size(size: int, args, root, names) -> dict:
 
     r["loader"] = timed(load_all, 1, 0) / n_load
 
-    # 4. inference: backbone alone and the whole model + post-processing, batch 1 and batch 8
+    # 4. the training loop as train.py runs it: the same step fed by a fresh DataLoader (workers start
+    #    anew each epoch there too) over images decoded once (--cache), --workers worker processes
+    loop_ds = DetectionDataset(root, "train", train_ds.transform, names, cache=True)
+
+    def train_loop():
+        loader = torch.utils.data.DataLoader(loop_ds, b, shuffle=True, drop_last=True, collate_fn=collate,
+                                             num_workers=args.workers, generator=torch.Generator().manual_seed(0))
+        for batch_images, batch_targets in itertools.islice(loader, args.loop_steps):
+            train_step(batch_images.contiguous(memory_format=torch.channels_last), *pad_targets(batch_targets))
+
+    r["loop"] = timed(train_loop, 1, 0) / (args.loop_steps * b)
+
+    # 5. inference: backbone alone and the whole model + post-processing, batch 1 and batch 8
     model.eval()
     fused = fuse_conv_bn(model, bf16=args.infer_amp)
     one, eight = images[:1], images[:1].repeat(8, 1, 1, 1).contiguous(memory_format=torch.channels_last)
@@ -139,7 +155,9 @@ def main(argv=None):
     p.add_argument("--fp32-depthwise", action=argparse.BooleanOptionalAction, default=True,
                    help="trainable depthwise convs in fp32 under autocast (as the Detector; see depthwise_in_fp32)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers for the loader and loop columns (default: as train.py, 0 on CPU)")
+    p.add_argument("--loop-steps", type=int, default=30, help="training steps timed in the loop column")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--data", default=None)
@@ -152,6 +170,8 @@ def main(argv=None):
         args.amp = amp_supported(torch.device("cpu"))
     if args.infer_amp is None:
         args.infer_amp = inference_amp("cpu")
+    if args.workers is None:
+        args.workers = default_workers(torch.device("cpu"))
     root = resolve_data_root(args.data)
     names = load_class_names(root)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast: training "
@@ -161,14 +181,14 @@ def main(argv=None):
     rows = [bench_size(s, args, root, names) for s in args.sizes]
     ms = 1000
     print(f"\n{'size':>5} {'backbone fwd+bwd':>17} {'train step':>11} {'step/floor':>10} {'train img/s':>11} "
-          f"{'loader img/s':>12} {'backbone fwd b1':>16} {'infer b1':>9} {'infer/floor':>11} {'fused b1':>9} "
-          f"{'infer b8':>9}")
-    print(f"{'px':>5} {'ms/img':>17} {'ms/img':>11} {'':>10} {'':>11} {'':>12} {'ms':>16} {'ms':>9} {'':>11} {'ms':>9} "
-          f"{'ms/img':>9}")
+          f"{'loader img/s':>12} {'loop img/s':>10} {'backbone fwd b1':>16} {'infer b1':>9} {'infer/floor':>11} "
+          f"{'fused b1':>9} {'infer b8':>9}")
+    print(f"{'px':>5} {'ms/img':>17} {'ms/img':>11} {'':>10} {'':>11} {'':>12} {'':>10} {'ms':>16} {'ms':>9} {'':>11} "
+          f"{'ms':>9} {'ms/img':>9}")
     for r in rows:
         print(f"{r['size']:>5} {r['backbone_fb'] * ms:>17.1f} {r['train_step'] * ms:>11.1f} "
               f"{r['train_step'] / r['backbone_fb']:>10.2f} {1 / r['train_step']:>11.1f} {1 / r['loader']:>12.1f} "
-              f"{r['backbone_fwd_b1'] * ms:>16.1f} {r['infer_b1'] * ms:>9.1f} "
+              f"{1 / r['loop']:>10.1f} {r['backbone_fwd_b1'] * ms:>16.1f} {r['infer_b1'] * ms:>9.1f} "
               f"{r['infer_b1'] / r['backbone_fwd_b1']:>11.2f} {r['fused_b1'] * ms:>9.1f} {r['infer_b8'] * ms:>9.1f}")
     return rows
 

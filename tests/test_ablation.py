@@ -48,13 +48,14 @@ def test_unknown_row_name_is_a_clear_error(two_seeds, capsys):
     assert "no row named 'basline'" in capsys.readouterr().err
 
 
-def test_rows_keep_the_head_they_were_measured_with(tmp_path):
-    """The committed table was measured with the depthwise head (the default before 2026-11-28): every
-    row's train.py command must still build it, whatever train.py's default is now."""
+def test_rows_keep_the_settings_they_were_measured_with(tmp_path):
+    """The committed table was measured with the depthwise head and 2 loader workers (the defaults before
+    2026-11-28): every row's train.py command must still ask for them, whatever train.py's defaults are now."""
     import argparse
     import train
     args = argparse.Namespace(time=10, seed=0, img_size=416)
     for name, flags in ablation.ROWS:
         cmd = ablation.train_command(name, flags, args, tmp_path)
         parsed = train.parse_args(cmd[2:])
-        assert parsed.head_conv == "depthwise" and parsed.time == 10 and parsed.name == ablation.slug(name)
+        assert parsed.head_conv == "depthwise" and parsed.workers == 2
+        assert parsed.time == 10 and parsed.name == ablation.slug(name)

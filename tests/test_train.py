@@ -10,7 +10,8 @@ from conftest import make_dataset
 
 
 def run_args(root, out, *extra):
-    return ["--data", str(root), "--out", str(out), "--workers", "0", "--seed", "0", *extra]
+    """No --workers: these runs take train.py's default (no loader workers on CPU, train.default_workers)."""
+    return ["--data", str(root), "--out", str(out), "--seed", "0", *extra]
 
 
 def test_training_finds_rectangles(tiny_dataset, tmp_path):
