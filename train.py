@@ -180,12 +180,11 @@ def default_workers(device: torch.device) -> int:
     """Loader worker processes when ``--workers`` is not given: none on CPU, a few on an accelerator.
 
     Why none on CPU: torch already runs every core in the training step, and oneDNN's parallel convs
-    wait for their slowest thread, so a worker that takes a core for augmentation stalls the whole step.
-    Workers are also forked anew each epoch, and the first step after a fork pays for copying the
-    pages the parent writes (copy-on-write). With ``--cache`` the images are decoded already and the
-    augmentation costs only ~4 ms/img, so doing it in the main process is cheaper. Measured on this
-    2-core machine, 40 training steps at batch 16 (RESULTS.md, section 4): 10.7 img/s with 0 workers,
-    9.7 with 1 or 2. On CUDA the loader runs beside the GPU and workers hide it.
+    wait for their slowest thread, so a worker that takes a core for augmentation stalls the whole step
+    (workers are also forked anew each epoch, and the first steps after a fork are the slowest). Loading
+    in this process is cheap: with ``--cache`` the images are decoded already, only augmentation is left.
+    On this 2-core machine, ``python benchmark.py --sizes 416 --workers 2`` and ``--workers 0``: training
+    loop 9.3 against 10.7 img/s (README, Speed). On CUDA the loader runs beside the GPU and workers hide it.
     """
     return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
 
