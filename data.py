@@ -500,8 +500,10 @@ def max_same_class_iou(records: list[Record]) -> tuple[int, float]:
     return pairs, worst
 
 
-def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8) -> bool:
+def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8, img_size: int | None = None) -> bool:
     """Print per split: images, boxes per class, empty images, box sizes, and every problem row.
+    With ``img_size`` the box sizes are those the model sees after the letterbox resize to that size
+    (the longer side scaled to ``img_size``), e.g. how many heads stay under the finest stride at 640 px.
     Returns True when nothing had to be thrown away (no fatal problem)."""
     ok = True
     for split in SPLITS:
@@ -514,6 +516,10 @@ def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8) ->
         labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, int)
         boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4))
         wh = boxes[:, 2:] - boxes[:, :2]
+        if img_size and len(records):
+            # letterbox: every box of an image scales with img_size / its longer side
+            scale = [img_size / max(image_header_size(r.image_bytes)) for r in records]
+            wh = wh * np.repeat(scale, [len(r.labels) for r in records])[:, None]
         side = np.sqrt(wh.prod(1))  # sqrt(area): one number per box for its size
         counts = np.bincount(labels, minlength=len(class_names))
         print(f"\n== {split}: {len(records)} usable images, {sum(len(r.labels) == 0 for r in records)} without boxes, "
@@ -543,7 +549,8 @@ def main(argv=None):
                                                         "exit code 1 if a row has to be dropped")
     p.add_argument("--show-aug", type=int, default=0, metavar="N", help="save a grid of N augmented train samples")
     p.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="augmentation level for --show-aug")
-    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--img-size", type=int, default=None, help="--show-aug: sample size; --check: report box sizes "
+                                                                 "after resizing to this size (default: native)")
     p.add_argument("--out", default="aug.png")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -563,8 +570,8 @@ def main(argv=None):
             fig.savefig(args.out, dpi=80)
             print(f"wrote {args.out} ({len(samples)} samples, aug={args.aug}, {size} px)")
             return
-        print(f"classes: {names}")
-        if not check_dataset(root, names):
+        print(f"classes: {names}" + (f"; box sizes after resizing to {args.img_size} px" if args.img_size else ""))
+        if not check_dataset(root, names, img_size=args.img_size):
             sys.exit(1)
     except DataError as e:
         sys.exit(f"data error: {e}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import data
-from conftest import encode_jpeg, make_dataset, make_row, synthetic_image, write_split
+from conftest import CARD, encode_jpeg, make_dataset, make_row, synthetic_image, write_split
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -200,6 +200,28 @@ def test_check_statistics(tiny_dataset, capsys):
     out = capsys.readouterr().out
     assert "== train: 48 usable images, 2 without boxes" in out
     assert "problems: 0" in out and "finest stride" in out and "same-class box pairs" in out
+
+
+def test_check_counts_small_boxes_at_the_training_size(tmp_path, capsys):
+    # Two images of different native sizes; the letterbox scales each by img_size / its own longer side.
+    rng = np.random.default_rng(0)
+    big, small = synthetic_image(rng, 64)[0], synthetic_image(rng, 32)[0]
+    rows = [make_row(0, encode_jpeg(big), 64, [[1, 1, 5, 5], [10, 10, 6, 12], [30, 30, 20, 20]], [1, 2, 1]),
+            make_row(1, encode_jpeg(small), 32, [[2, 2, 6, 6]], [2])]
+    for split in ("train", "validation", "test"):
+        write_split(tmp_path, split, rows)
+    (tmp_path / "README.md").write_text(CARD)
+
+    def train_line(*size):
+        data.main(["--data", str(tmp_path), "--check", *size])
+        return next(line for line in capsys.readouterr().out.splitlines() if "finest stride" in line)
+
+    # native: 5 px, 6 px and 6 px sides are under 8
+    assert train_line().endswith(": 3 (box-red 1, box-blue 2)")
+    # 80 px: the 64-px image scales by 1.25 (5 -> 6.25, 6 -> 7.5 stay under 8), the 32-px one by 2.5 (6 -> 15)
+    assert train_line("--img-size", "80").endswith(": 2 (box-red 1, box-blue 1)")
+    # 128 px: x2 and x4, nothing under 8 any more
+    assert train_line("--img-size", "128").endswith(": 0 (box-red 0, box-blue 0)")
 
 
 def test_max_same_class_iou_hand_computed():
