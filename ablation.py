@@ -8,7 +8,7 @@
 
 Rows 1-7 build the default configuration step by step (simple assigner, IoU loss, no augmentation ->
 ... -> TAL + GIoU + basic augmentation); every later row changes ONE thing against that default.
-Evaluate-only rows re-use the default row's checkpoint and change only the post-processing.
+Post-processing (NMS variants, flip TTA) is compared on fixed checkpoints in RESULTS.md, not here.
 Runs live in runs/ablation-<time>min-s<seed>/<row>/ (a killed run is resumed from its last.pt); each
 finished row's test_results.json and metrics.csv are copied to results/ablation-<time>min-s<seed>/<row>/,
 which is committed, so the table survives a fresh checkout.
@@ -50,11 +50,6 @@ ROWS = [  # (name, train.py flags)
     ("img 320", "--img-size 320"),
     ("img 512", "--img-size 512"),
 ]
-EVAL_ROWS = [  # (name, evaluate.py flags), on the default row's best.pt
-    ("Soft-NMS", "--nms soft-nms"),
-    ("WBF", "--nms wbf"),
-    ("flip TTA", "--tta"),
-]
 
 
 def slug(name: str) -> str:
@@ -72,10 +67,9 @@ def kept(out: Path, name: str) -> Path:
     return Path("results") / out.name / slug(name)
 
 
-def result_file(out: Path, name: str, evaluate_only: bool = False) -> Path:
-    """A finished row's test metrics: results/<table>/<row>/test_results.json, or <row>.json for an
-    evaluate-only row (it has no run of its own)."""
-    return kept(out, name).with_suffix(".json") if evaluate_only else kept(out, name) / "test_results.json"
+def result_file(out: Path, name: str) -> Path:
+    """A finished row's test metrics: results/<table>/<row>/test_results.json."""
+    return kept(out, name) / "test_results.json"
 
 
 def run_row(name, flags, args, out) -> None:
@@ -96,26 +90,12 @@ def run_row(name, flags, args, out) -> None:
         shutil.copy(run / f, kept(out, name) / f)
 
 
-def run_eval_row(name, flags, out) -> None:
-    result = result_file(out, name, evaluate_only=True)
-    if result.exists():
-        return
-    cmd = [sys.executable, "evaluate.py", "--checkpoint", str(out / slug(DEFAULT_ROW) / "best.pt"), *flags.split(),
-           "--save-metrics", str(result), "--pr", str(out / f"{slug(name)}_pr.png")]
-    print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
-    result.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-
-
 def finished_rows(outs: list[Path]) -> list[tuple[str, str, list[dict]]]:
     """(row name, its change, [test results of each finished seed]) for every row finished in any of ``outs``
-    (one directory per seed): train rows, then evaluate-only rows."""
-    rows = [(name, f"`{flags or '(defaults)'}`", False) for name, flags in ROWS]
-    rows += [(name, f"`{flags}`", True) for name, flags in EVAL_ROWS]
-    found = [(f"{name} (evaluate only)" if evaluate_only else name, change,
-              [json.loads(f.read_text()) for f in (result_file(out, name, evaluate_only) for out in outs)
-               if f.exists()])
-             for name, change, evaluate_only in rows]
+    (one directory per seed)."""
+    found = [(name, f"`{flags or '(defaults)'}`",
+              [json.loads(f.read_text()) for f in (result_file(out, name) for out in outs) if f.exists()])
+             for name, flags in ROWS]
     return [r for r in found if r[2]]
 
 
@@ -135,8 +115,8 @@ def table(outs: list[Path]) -> str:
     for name, change, rs in rows:
         seeds = " / ".join(f"{r['map']:.3f}" for r in rs)
         aps = " | ".join(f"{mean(rs, lambda r: r['ap_per_class'][c]):.3f}" for c in classes)
-        epochs = " / ".join(f"{r['epochs']:g}" for r in rs) if "epochs" in rs[0] else "–"
-        speed = f"{mean(rs, lambda r: r['train_img_per_s']):.1f}" if "train_img_per_s" in rs[0] else "–"
+        epochs = " / ".join(f"{r['epochs']:g}" for r in rs)
+        speed = f"{mean(rs, lambda r: r['train_img_per_s']):.1f}"
         lines.append(f"| {name} | {change} | {seeds} | **{mean(rs, lambda r: r['map']):.3f}** | "
                      f"{mean(rs, lambda r: r['map_50']):.3f} | {mean(rs, lambda r: r['map_75']):.3f} | {aps} | "
                      f"{epochs} | {speed} |")
@@ -152,7 +132,7 @@ def plot(outs: list[Path], path: Path, title: str) -> None:
     rows = finished_rows(outs)[::-1]  # first row on top
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
     for y, (name, _, rs) in enumerate(rows):
-        ax.barh(y, mean(rs, lambda r: r["map"]), color="tab:gray" if "evaluate" in name else "tab:blue", alpha=0.6)
+        ax.barh(y, mean(rs, lambda r: r["map"]), color="tab:blue", alpha=0.6)
         ax.plot([r["map"] for r in rs], [y] * len(rs), "k.", ms=6)
     default = [mean(rs, lambda r: r["map"]) for name, _, rs in rows if name == DEFAULT_ROW]
     if default:
@@ -212,7 +192,7 @@ def main(argv=None):
     p.add_argument("--curve-rows", nargs="+", default=["baseline", "+TAL", "+warm-up then TAL"],
                    help="rows drawn by --curves (default: the three label-assignment rows)")
     args = p.parse_args(argv)
-    known = [name for name, _ in ROWS + EVAL_ROWS]
+    known = [name for name, _ in ROWS]
     for name in (args.only or []) + (args.curve_rows if args.curves else []):
         if name not in known:
             p.error(f"no row named {name!r}; rows: {', '.join(known)}")
@@ -222,9 +202,6 @@ def main(argv=None):
         for name, flags in ROWS:
             if args.only is None or name in args.only:
                 run_row(name, flags, args, out)
-        for name, flags in EVAL_ROWS:
-            if (args.only is None or name in args.only) and (out / slug(DEFAULT_ROW) / "best.pt").exists():
-                run_eval_row(name, flags, out)
     seeds = args.table_seeds or [args.seed]
     print(f"\n{args.time:g} min of training per row, seeds {seeds}, {args.img_size} px; each command: "
           f"python train.py --time {args.time:g} --seed SEED --img-size {args.img_size} <change>\n")

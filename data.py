@@ -66,6 +66,9 @@ LOCAL_CLONE = Path("data") / "halo-infinite-angel-videogame"
 OFFLINE_STANDIN = Path(__file__).resolve().parent.parent / "shared" / "data" / "valorant-object-detection"
 SPLITS = ("train", "validation", "test")
 PAD_VALUE = 114  # grey letterbox border, as YOLOX/YOLOv5 use
+# RF100 categories are 1-based: id 0 is the super-category placeholder no box uses.
+# Model class k  <->  dataset category k + FIRST_CATEGORY_ID (parse_row one way, COCO export the other).
+FIRST_CATEGORY_ID = 1
 
 
 class DataError(ValueError):
@@ -220,7 +223,7 @@ def parse_row(row: dict, num_classes: int, where: str) -> tuple[Record | None, l
         return None, problems + [Problem(where, "bbox entries are not 4 numbers [x, y, w, h] (image skipped)", True)]
     if len(cats) != len(xywh):
         return None, problems + [Problem(where, f"{len(xywh)} boxes but {len(cats)} categories (image skipped)", True)]
-    labels = cats - 1  # 1-based dataset category -> 0-based model class (id 0 is the RF100 placeholder)
+    labels = cats - FIRST_CATEGORY_ID  # 1-based dataset category -> 0-based model class
     boxes = coco_to_xyxy(xywh)
     keep = np.ones(len(boxes), bool)
     for k in range(len(boxes)):
@@ -344,12 +347,37 @@ def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic") 
     )
 
 
+def letterbox_size(height: int, width: int, img_size: int) -> tuple[int, int]:
+    """(h, w) of the image inside the letterbox, before the padding: the longer side becomes ``img_size``,
+    each side rounded as albumentations' ``LongestMaxSize`` rounds it."""
+    s = img_size / max(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+def boxes_to_image(boxes: torch.Tensor, image_hw: tuple[int, int], img_size: int) -> torch.Tensor:
+    """The one way back from the network frame to an image's own pixels: (N, 4) xyxy in the letterboxed
+    ``img_size`` square -> (N, 4) xyxy in the original (H, W) image, clipped to it.
+
+    The letterbox scales the image to (h, w) = ``letterbox_size`` and pads bottom/right (top-left
+    position), so undoing it is one scale per axis, W / w and H / h; padding needs no shift."""
+    height, width = image_hw
+    h, w = letterbox_size(height, width, img_size)
+    out = boxes * boxes.new_tensor([width / w, height / h, width / w, height / h])
+    out[:, 0::2] = out[:, 0::2].clamp(0, width)   # a box reaching into the padding ends at the border
+    out[:, 1::2] = out[:, 1::2].clamp(0, height)
+    return out
+
+
 def uses_mosaic(transform: A.Compose) -> bool:
     return any(isinstance(t, A.Mosaic) for t in transform.transforms)
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """One split of a parquet detection dataset. Item: (image (3,S,S) float, {"boxes", "labels", "image_id"})."""
+    """One split of a parquet detection dataset. Item: (image (3,S,S) float, target dict) with
+
+    - ``boxes`` (N, 4) xyxy and ``labels`` (N,): after the transform, in the network frame (what training uses);
+    - ``image_id``, ``image_size`` (H, W), ``image_boxes`` (N0, 4) xyxy and ``image_labels`` (N0,): the
+      dataset's own id, pixels and boxes, untouched by the transform (what evaluation scores against)."""
 
     def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None,
                  seed: int = 0, strict: bool = False, cache: bool = False):
@@ -414,6 +442,9 @@ class DetectionDataset(torch.utils.data.Dataset):
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),  # (N, 4) xyxy
             "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),       # (N,)
             "image_id": rec.image_id,
+            "image_size": sample["image"].shape[:2],                                          # (H, W)
+            "image_boxes": torch.as_tensor(rec.boxes),                                        # (N0, 4) xyxy
+            "image_labels": torch.as_tensor(rec.labels),                                      # (N0,)
         }
         return out["image"], target
 

@@ -10,11 +10,14 @@ Differences from the course notebook:
 
 - Class-aware NMS with ``torchvision.ops.batched_nms`` on tensors (one call per
   image), not a Python loop over boxes.
-- Every (anchor, class) pair above a low score threshold is a candidate (one anchor
-  may predict two classes), capped to the top ``pre_nms`` scores before NMS.
+- Every (anchor, class) pair above a score of 0.001 (COCO practice) is a candidate
+  (one anchor may predict two classes), capped to the top ``pre_nms`` scores before NMS.
+- mAP is computed in each image's own pixels against the dataset's untransformed
+  boxes (``data.boxes_to_image`` undoes the letterbox), as pycocotools scores the
+  ``--save-json`` output, so COCO's small / medium / large areas are the dataset's.
 - Alternatives to NMS (``--nms``): Gaussian Soft-NMS written out in torch, and
-  Weighted Boxes Fusion from the ``ensemble-boxes`` package; ``--tta`` adds
-  horizontal-flip test-time augmentation before either.
+  ``wbf``: NMS then box voting, or with ``--tta`` (horizontal flip) NMS on each pass
+  and Weighted Boxes Fusion (``ensemble-boxes``) across the two passes.
 - Besides mAP, a localisation table and histogram (``best_match_ious``): for every GT box,
   the IoU of its best confident detection, which shows where mAP75 is lost.
 """
@@ -69,95 +72,137 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, io
     return keep, scores[keep]
 
 
-def weighted_boxes_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image_size,
-                          iou_thresh: float = 0.55, max_det: int = 100):
-    """Weighted Boxes Fusion (Solovyev et al., 2021) from the ``ensemble-boxes`` package.
+def box_voting(kept_boxes: torch.Tensor, kept_labels: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor,
+               labels: torch.Tensor, iou_thresh: float = 0.55) -> torch.Tensor:
+    """Box voting (Gidaris & Komodakis, "Object detection via a multi-region & semantic segmentation-aware
+    CNN model", ICCV 2015): each box that NMS kept moves to the score-weighted mean of the candidates of
+    its class that overlap it by IoU >= ``iou_thresh`` (itself included). Scores, and so the ranking,
+    stay NMS's: only the corners change.
 
-    Boxes of one class that overlap (IoU > iou_thresh) are fused into ONE box whose corners are the
-    score-weighted mean of theirs, with the mean score, instead of keeping the best and dropping
-    the rest. -> (boxes (K,4), scores (K,), labels (K,)).
-    """
-    from ensemble_boxes import weighted_boxes_fusion as wbf
+    kept (K, 4) xyxy + (K,) labels; candidates (N, 4) xyxy, (N,) scores, (N,) labels -> (K, 4) xyxy."""
+    iou = box_iou(kept_boxes, boxes)                                                        # (K, N)
+    weight = scores * ((iou >= iou_thresh) & (kept_labels[:, None] == labels))              # (K, N)
+    return weight @ boxes / weight.sum(1, keepdim=True)                                     # sum_n w_kn b_n / sum_n w_kn
+
+
+def fuse_passes(dets: list[dict], image_size, iou_thresh: float = 0.55, max_det: int = 100) -> dict:
+    """Weighted Boxes Fusion (Solovyev et al., "Weighted boxes fusion", 2021) across the outputs of several
+    passes over one image (here: flip TTA), each already NMS'd, with the ``ensemble-boxes`` package.
+
+    Boxes of one class from different passes that overlap (IoU > iou_thresh) become ONE box: corners the
+    score-weighted mean of theirs, score the mean score times (passes that found it) / (passes), so a box
+    only one of two passes found keeps half its score. WBF is for fusing *outputs*: fed a raw candidate
+    cloud, a well-found object averages in all its weak neighbours and drops below isolated weak boxes.
+
+    dets: one {"boxes" (N,4) xyxy, "scores", "labels"} per pass; image_size (H, W) of the network input."""
+    from ensemble_boxes import weighted_boxes_fusion
 
     h, w = image_size
-    scale = boxes.new_tensor([w, h, w, h])
-    if len(boxes) == 0:
-        return boxes, scores, labels
-    fused, fused_scores, fused_labels = wbf([(boxes / scale).clamp(0, 1).tolist()], [scores.tolist()],
-                                            [labels.tolist()], iou_thr=iou_thresh, skip_box_thr=0.0)
-    order = torch.as_tensor(fused_scores).argsort(descending=True)[:max_det]
-    return (torch.as_tensor(fused, dtype=boxes.dtype)[order] * scale, torch.as_tensor(fused_scores, dtype=scores.dtype)[order],
-            torch.as_tensor(fused_labels).long()[order])
+    scale = dets[0]["boxes"].new_tensor([w, h, w, h])  # ensemble-boxes wants corners in [0, 1]
+    boxes, scores, labels = weighted_boxes_fusion(
+        [(d["boxes"] / scale).clamp(0, 1).tolist() for d in dets], [d["scores"].tolist() for d in dets],
+        [d["labels"].tolist() for d in dets], iou_thr=iou_thresh, skip_box_thr=0.0)
+    order = torch.as_tensor(scores).argsort(descending=True)[:max_det]
+    return {"boxes": torch.as_tensor(boxes, dtype=scale.dtype).reshape(-1, 4)[order] * scale,
+            "scores": torch.as_tensor(scores, dtype=torch.float32)[order],
+            "labels": torch.as_tensor(labels).long()[order]}
 
 
 NMS_METHODS = ("nms", "soft-nms", "wbf")
 
 
-def postprocess(cls_logits: torch.Tensor, pred_boxes: torch.Tensor, method: str = "nms", score_thresh: float = 0.01,
-                iou_thresh: float = 0.6, max_det: int = 100, pre_nms: int = 1000, image_size=None,
-                wbf_iou_thresh: float = 0.55) -> list[dict]:
+def candidates(scores: torch.Tensor, boxes: torch.Tensor, score_thresh: float, pre_nms: int):
+    """One image's (A, C) probabilities and (A, 4) xyxy boxes -> every (anchor, class) pair scoring above
+    ``score_thresh`` (one anchor may propose two classes), at most the ``pre_nms`` best:
+    boxes (N, 4), scores (N,), labels (N,)."""
+    flat = scores.flatten()                                              # (A*C,) one entry per (anchor, class)
+    idx = (flat > score_thresh).nonzero().squeeze(1)
+    if len(idx) > pre_nms:
+        idx = idx[flat[idx].topk(pre_nms).indices]
+    anchor, label = idx // scores.shape[1], idx % scores.shape[1]
+    return boxes[anchor], flat[idx], label
+
+
+def postprocess(cls_logits: torch.Tensor, pred_boxes: torch.Tensor, method: str = "nms", score_thresh: float = 0.001,
+                iou_thresh: float = 0.6, max_det: int = 100, pre_nms: int = 1000,
+                vote_iou_thresh: float = 0.55) -> list[dict]:
     """(B, A, C) logits + (B, A, 4) xyxy -> per image {"boxes" (N,4), "scores" (N,), "labels" (N,)}.
 
-    ``method``: "nms" (class-aware, torchvision), "soft-nms" (Gaussian) or "wbf" (needs ``image_size``).
-    """
+    ``method``: "nms" (class-aware, torchvision), "soft-nms" (Gaussian), or "wbf": NMS, then box voting
+    (``box_voting``); across flip-TTA passes ``detect`` fuses with WBF instead. ``score_thresh`` 0.001 is
+    COCO practice: the extra low-score boxes rank below all others, so they can only add recall."""
     if method not in NMS_METHODS:
         raise ValueError(f"method must be one of {NMS_METHODS}, got {method!r}")
-    scores_all = cls_logits.float().sigmoid()                                # (B, A, C)
     out = []
-    for scores, boxes in zip(scores_all, pred_boxes.float()):
-        flat = scores.flatten()                                              # (A*C,) one entry per (anchor, class)
-        keep = flat > score_thresh
-        cand_scores, idx = flat[keep], keep.nonzero().squeeze(1)
-        if len(cand_scores) > pre_nms:
-            cand_scores, top = cand_scores.topk(pre_nms)
-            idx = idx[top]
-        anchor, label = idx // scores.shape[1], idx % scores.shape[1]
-        cand_boxes = boxes[anchor]
-        if method == "nms":
-            kept = torchvision.ops.batched_nms(cand_boxes, cand_scores, label, iou_thresh)[:max_det]  # class-aware
-            det = cand_boxes[kept], cand_scores[kept], label[kept]
-        elif method == "soft-nms":
-            kept, decayed = soft_nms(cand_boxes, cand_scores, label, score_thresh=score_thresh, max_det=max_det)
-            det = cand_boxes[kept], decayed, label[kept]
+    for scores, boxes in zip(cls_logits.float().sigmoid(), pred_boxes.float()):   # (A, C), (A, 4)
+        cand_boxes, cand_scores, label = candidates(scores, boxes, score_thresh, pre_nms)
+        if method == "soft-nms":
+            kept, kept_scores = soft_nms(cand_boxes, cand_scores, label, score_thresh=score_thresh, max_det=max_det)
         else:
-            det = weighted_boxes_fusion(cand_boxes, cand_scores, label, image_size, wbf_iou_thresh, max_det)
-        out.append(dict(zip(("boxes", "scores", "labels"), det)))
+            kept = torchvision.ops.batched_nms(cand_boxes, cand_scores, label, iou_thresh)[:max_det]  # class-aware
+            kept_scores = cand_scores[kept]
+        kept_boxes = cand_boxes[kept]
+        if method == "wbf":
+            kept_boxes = box_voting(kept_boxes, label[kept], cand_boxes, cand_scores, label, vote_iou_thresh)
+        out.append({"boxes": kept_boxes, "scores": kept_scores, "labels": label[kept]})
     return out
 
 
-def predict(model, images: torch.Tensor, tta: bool = False):
-    """Model outputs for a batch; with ``tta`` the horizontally flipped batch is run too and its boxes,
-    flipped back, are appended as extra candidates: (B, A or 2A, C) logits, (B, A or 2A, 4) boxes."""
+def predict_passes(model, images: torch.Tensor, tta: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(cls_logits (B,A,C), boxes (B,A,4) xyxy)] for the batch and, with ``tta``, for the horizontally
+    flipped batch too, its boxes flipped back into the unflipped image (x -> W - x)."""
     cls_logits, boxes, *_ = model(images)
+    passes = [(cls_logits, boxes)]
     if tta:
         w = images.shape[-1]
         cls_f, boxes_f, *_ = model(images.flip(-1))
         boxes_f = torch.stack([w - boxes_f[..., 2], boxes_f[..., 1], w - boxes_f[..., 0], boxes_f[..., 3]], -1)
-        cls_logits, boxes = torch.cat([cls_logits, cls_f], 1), torch.cat([boxes, boxes_f], 1)
-    return cls_logits, boxes
+        passes.append((cls_f, boxes_f))
+    return passes
+
+
+@torch.no_grad()
+def detect(model, images: torch.Tensor, method: str = "nms", tta: bool = False, amp: bool = False,
+           max_det: int = 100, **post_kwargs) -> list[dict]:
+    """Network input (B,3,S,S) -> per image {"boxes", "scores", "labels"} in the network frame.
+
+    ``amp``: the forward pass under bfloat16 autocast; post-processing always runs in fp32.
+    With ``tta`` and ``method="wbf"``: NMS each pass, then WBF across the passes (``fuse_passes``).
+    With ``tta`` and NMS / Soft-NMS: the candidates of both passes go into one NMS."""
+    device = images.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        passes = predict_passes(model, images, tta)
+    if tta and method == "wbf":
+        per_pass = [postprocess(c, b, "nms", max_det=max_det, **post_kwargs) for c, b in passes]
+        return [fuse_passes(list(dets), images.shape[-2:], max_det=max_det) for dets in zip(*per_pass)]
+    cls_logits, boxes = (torch.cat(t, 1) for t in zip(*passes))          # (B, A or 2A, C), (B, A or 2A, 4)
+    return postprocess(cls_logits, boxes, method, max_det=max_det, **post_kwargs)
 
 
 @torch.no_grad()
 def evaluate(model, loader, device="cpu", desc: str = "eval", amp: bool = False, tta: bool = False,
              **post_kwargs) -> tuple[dict, list]:
-    """Run the model over ``loader``; returns (torchmetrics mAP dict, detections per image: boxes, scores,
-    labels, image_id and that image's ground truth, gt_boxes and gt_labels).
+    """Run the model over ``loader`` and score it in each image's own pixels, as pycocotools would
+    against the dataset's annotations: detections are mapped back from the network frame
+    (``data.boxes_to_image``) and compared with the untransformed boxes.
 
-    ``amp``: forward pass under bfloat16 autocast (post-processing always runs in fp32).
-    ``tta``: add horizontally flipped predictions; ``post_kwargs`` go to ``postprocess``."""
+    Returns (torchmetrics mAP dict, detections per image: boxes (image pixels), scores, labels,
+    image_id and that image's ground truth, gt_boxes and gt_labels). ``post_kwargs`` go to ``detect``."""
+    from data import boxes_to_image
+
     device = torch.device(device)
     model.eval()
     # extended_summary keeps the precision/recall arrays for the PR plot.
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True)
     detections = []
     for images, targets in tqdm(loader, desc=desc, leave=False):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            cls_logits, pred_boxes = predict(model, images.to(device, memory_format=torch.channels_last), tta)
-        dets = postprocess(cls_logits, pred_boxes, image_size=images.shape[-2:], **post_kwargs)
-        preds = [{k: v.cpu() for k, v in p.items()} for p in dets]
-        metric.update(preds, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
-        detections += [dict(p, image_id=t["image_id"], gt_boxes=t["boxes"], gt_labels=t["labels"])
-                       for p, t in zip(preds, targets)]
+        dets = detect(model, images.to(device, memory_format=torch.channels_last), tta=tta, amp=amp, **post_kwargs)
+        preds = [{"boxes": boxes_to_image(d["boxes"].cpu(), t["image_size"], images.shape[-1]),
+                  "scores": d["scores"].cpu(), "labels": d["labels"].cpu()} for d, t in zip(dets, targets)]
+        gts = [{"boxes": t["image_boxes"], "labels": t["image_labels"]} for t in targets]
+        metric.update(preds, gts)
+        detections += [dict(p, image_id=t["image_id"], gt_boxes=g["boxes"], gt_labels=g["labels"])
+                       for p, g, t in zip(preds, gts, targets)]
     return metric.compute(), detections
 
 
@@ -189,9 +234,12 @@ def per_class_ap_at_iou(res: dict, class_names: list[str], iou_index: int) -> di
 
 
 def metrics_summary(res: dict, class_names: list[str]) -> dict:
-    """The numbers a run reports, as plain floats: mAP, mAP50, mAP75 and, per class, AP@[.5:.95], AP50
-    and AP75 (the last two need ``evaluate``'s extended summary)."""
+    """The numbers a run reports, as plain floats: mAP, mAP50, mAP75, AP of small / medium / large objects
+    (COCO's areas in the image's own pixels: < 32², 32²..96², > 96²; -1 where a split has none) and, per
+    class, AP@[.5:.95], AP50 and AP75 (the last two need ``evaluate``'s extended summary)."""
     return {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
+            "map_small": float(res["map_small"]), "map_medium": float(res["map_medium"]),
+            "map_large": float(res["map_large"]),
             "ap_per_class": per_class_ap(res, class_names),
             "ap50_per_class": per_class_ap_at_iou(res, class_names, 0),
             "ap75_per_class": per_class_ap_at_iou(res, class_names, 5)}
@@ -200,6 +248,7 @@ def metrics_summary(res: dict, class_names: list[str]) -> dict:
 def format_results(s: dict) -> str:
     """``metrics_summary``'s numbers as a small text table."""
     lines = [f"mAP@[.5:.95] {s['map']:.4f}   mAP50 {s['map_50']:.4f}   mAP75 {s['map_75']:.4f}",
+             f"AP small {s['map_small']:.4f}   medium {s['map_medium']:.4f}   large {s['map_large']:.4f}",
              f"{'class':<16}{'AP@[.5:.95]':>12}{'AP50':>8}{'AP75':>8}"]
     lines += [f"{name:<16}{ap:>12.4f}{s['ap50_per_class'][name]:>8.4f}{s['ap75_per_class'][name]:>8.4f}"
               for name, ap in s["ap_per_class"].items()]
@@ -251,13 +300,17 @@ def plot_iou_histogram(ious: list[torch.Tensor], class_names: list[str], min_sco
 
 
 def to_coco_json(detections: list[dict]) -> list[dict]:
-    """COCO result format: one dict per box, bbox [x, y, w, h], category_id = 0-based model class."""
+    """COCO result format, readable by pycocotools against the dataset's own annotations: one dict per box
+    with the dataset's ``image_id``, its own ``category_id`` (model class + ``FIRST_CATEGORY_ID``) and
+    ``bbox`` [x, y, w, h] in the image's own pixels (``evaluate`` already mapped the boxes there)."""
+    from data import FIRST_CATEGORY_ID
+
     rows = []
     for d in detections:
         for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
             x1, y1, x2, y2 = box
-            rows.append({"image_id": int(d["image_id"]), "category_id": int(label),
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+            rows.append({"image_id": int(d["image_id"]), "category_id": int(label) + FIRST_CATEGORY_ID,
+                         "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(float(score), 5)})
     return rows
 
 
@@ -370,12 +423,13 @@ def plot_predictions(images: list, predictions: list[dict], class_names: list[st
     return fig
 
 
-def detect_image_files(model, paths: list[Path], img_size: int, amp: bool = False, **post_kwargs):
-    """Run the model on image files of any size: letterbox, predict, map boxes back to the file's pixels.
-    -> list of (path, RGB uint8 image, detections dict); unreadable files are skipped with a warning."""
+def detect_image_files(model, paths: list[Path], img_size: int, **detect_kwargs):
+    """Run the model on image files of any size: letterbox, ``detect``, map boxes back to the file's pixels
+    (``data.boxes_to_image``, as ``evaluate`` does). -> list of (path, RGB uint8 image, detections dict);
+    unreadable files are skipped with a warning."""
     import cv2
 
-    from data import build_transforms
+    from data import boxes_to_image, build_transforms
 
     tf = build_transforms(img_size, train=False, mean=model.backbone.mean, std=model.backbone.std)
     out = []
@@ -386,11 +440,10 @@ def detect_image_files(model, paths: list[Path], img_size: int, amp: bool = Fals
             print(f"warning: {path} is not a readable image, skipped", file=sys.stderr)
             continue
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        x = tf(image=rgb, bboxes=torch.zeros(0, 4).numpy(), labels=[])["image"][None]
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            cls_logits, boxes, *_ = model(x.to(device, memory_format=torch.channels_last))
-        det = {k: v.cpu() for k, v in postprocess(cls_logits, boxes, image_size=x.shape[-2:], **post_kwargs)[0].items()}
-        det["boxes"] = det["boxes"] / (img_size / max(rgb.shape[:2]))  # undo LongestMaxSize; padding is bottom/right
+        x = tf(image=rgb, bboxes=torch.zeros(0, 4).numpy(), labels=[])["image"][None]      # (1, 3, S, S)
+        det = {k: v.cpu() for k, v in detect(model, x.to(device, memory_format=torch.channels_last),
+                                             **detect_kwargs)[0].items()}
+        det["boxes"] = boxes_to_image(det["boxes"], rgb.shape[:2], x.shape[-1])
         out.append((path, rgb, det))
     return out
 
@@ -412,8 +465,7 @@ def list_images(inputs: list[str]) -> list[Path]:
 
 
 def main(argv=None):
-    from data import (DataError, DetectionDataset, build_transforms, collate, load_class_names, resolve_data_root,
-                      to_uint8_image)
+    from data import DataError, DetectionDataset, build_transforms, collate, load_class_names, resolve_data_root
 
     p = argparse.ArgumentParser(description="Evaluate a checkpoint: COCO mAP on a split, pictures of predictions.")
     p.add_argument("--checkpoint", required=True)
@@ -422,14 +474,17 @@ def main(argv=None):
     p.add_argument("--img-size", type=int, default=None, help="default: the size the model was trained at")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--score-thresh", type=float, default=0.01)
+    p.add_argument("--score-thresh", type=float, default=0.001, help="lowest score kept (COCO practice)")
     p.add_argument("--iou-thresh", type=float, default=0.6, help="NMS / hard Soft-NMS IoU threshold")
-    p.add_argument("--nms", choices=NMS_METHODS, default="nms", help="how overlapping boxes are merged")
+    p.add_argument("--nms", choices=NMS_METHODS, default="nms",
+                   help="how overlapping boxes are merged: class-aware NMS, Gaussian Soft-NMS, or wbf: NMS then "
+                        "box voting (with --tta: NMS each pass, then weighted boxes fusion across the passes)")
     p.add_argument("--tta", action="store_true", help="add horizontal-flip test-time augmentation")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on CUDA only; on CPU fp32 inference is faster, see "
                         "inference_amp)")
-    p.add_argument("--save-json", default=None, help="write COCO-style detections to this file")
+    p.add_argument("--save-json", default=None, help="write COCO results: the dataset's image_id and category_id, "
+                                                     "bbox [x, y, w, h] in the image's own pixels")
     p.add_argument("--save-metrics", default=None, help="write mAP, mAP50, mAP75 and AP per class as JSON")
     p.add_argument("--pr", default=None, help="precision-recall plot (default: pr.png next to the checkpoint)")
     p.add_argument("--save-images", default=None, metavar="DIR", help="draw predictions + ground truth into DIR")
@@ -439,7 +494,7 @@ def main(argv=None):
     p.add_argument("--show-thresh", type=float, default=0.3,
                    help="lowest score drawn, and counted in the localisation table")
     args = p.parse_args(argv)
-    post = dict(method=args.nms, score_thresh=args.score_thresh, iou_thresh=args.iou_thresh)
+    post = dict(method=args.nms, tta=args.tta, score_thresh=args.score_thresh, iou_thresh=args.iou_thresh)
     try:
         device = resolve_device(args.device)
         ckpt = read_checkpoint(args.checkpoint)
@@ -450,7 +505,7 @@ def main(argv=None):
         if args.images:
             out_dir = Path(args.save_images or "predictions")
             out_dir.mkdir(parents=True, exist_ok=True)
-            for path, img, det in detect_image_files(model, list_images(args.images), size, amp, **post):
+            for path, img, det in detect_image_files(model, list_images(args.images), size, amp=amp, **post):
                 fig = plot_predictions([img], [det], names, min_score=args.show_thresh, cols=1)
                 fig.savefig(out_dir / f"{path.stem}_pred.png", dpi=100)
                 print(f"{path}: {int((det['scores'] >= args.show_thresh).sum())} detections -> "
@@ -466,7 +521,7 @@ def main(argv=None):
     except (CheckpointError, DataError) as e:
         sys.exit(f"error: {e}")
     loader = torch.utils.data.DataLoader(ds, args.batch_size, collate_fn=collate)
-    res, dets = evaluate(model, loader, device, amp=amp, tta=args.tta, **post)
+    res, dets = evaluate(model, loader, device, amp=amp, **post)
     print(f"{args.split} split, {len(ds)} images, {size} px, {args.nms}{' + flip TTA' if args.tta else ''}")
     summary = metrics_summary(res, names)
     print(format_results(summary))
@@ -486,12 +541,11 @@ def main(argv=None):
     if args.save_images:
         out_dir = Path(args.save_images)
         out_dir.mkdir(parents=True, exist_ok=True)
-        mean, std = model.backbone.mean, model.backbone.std
-        for start in range(0, min(args.num, len(ds)), 6):  # 6 images per picture
+        for start in range(0, min(args.num, len(ds)), 6):  # 6 images per picture, in their own pixels
             idx = range(start, min(start + 6, args.num, len(ds)))
-            samples = [ds[i] for i in idx]
-            fig = plot_predictions([to_uint8_image(img, mean, std) for img, _ in samples], [dets[i] for i in idx],
-                                   names, [t for _, t in samples], min_score=args.show_thresh)
+            fig = plot_predictions([ds.load(i)["image"] for i in idx], [dets[i] for i in idx], names,
+                                   [{"boxes": dets[i]["gt_boxes"], "labels": dets[i]["gt_labels"]} for i in idx],
+                                   min_score=args.show_thresh)
             fig.savefig(out_dir / f"{args.split}_{start:04d}.png", dpi=80)
         print(f"wrote drawings of {min(args.num, len(ds))} {args.split} images to {out_dir}")
 

@@ -13,7 +13,7 @@ import train
 from backbone import Backbone
 from conftest import make_dataset
 from detector import Detector
-from evaluate import postprocess, predict, soft_nms, weighted_boxes_fusion
+from evaluate import box_voting, detect, fuse_passes, postprocess, predict_passes, soft_nms
 from losses import bce_loss, quality_focal_loss, varifocal_loss
 from neck import PAN, CSPBlock, build_neck
 
@@ -97,14 +97,56 @@ def test_soft_nms_hard_limit_equals_nms():
     assert keep.tolist() == ref.tolist()
 
 
-def test_wbf_fuses_to_score_weighted_mean():
-    boxes = torch.tensor([[10.0, 10, 30, 30], [12, 12, 32, 32], [60, 60, 70, 70]])
-    scores, labels = torch.tensor([0.9, 0.6, 0.5]), torch.tensor([0, 0, 0])
-    fused, fused_scores, fused_labels = weighted_boxes_fusion(boxes, scores, labels, (100, 100))
-    mean = (0.9 * boxes[0] + 0.6 * boxes[1]) / 1.5
-    torch.testing.assert_close(fused[0], mean)
-    assert fused_scores[0].item() == pytest.approx(0.75) and len(fused) == 2
-    torch.testing.assert_close(fused[1], boxes[2])
+def test_wbf_fuses_two_passes_to_score_weighted_mean():
+    # Pass 1 finds the object at score 0.9 and a second box; pass 2 finds only the object, at 0.6.
+    first = {"boxes": torch.tensor([[10.0, 10, 30, 30], [60, 60, 70, 70]]), "scores": torch.tensor([0.9, 0.5]),
+             "labels": torch.tensor([0, 0])}
+    second = {"boxes": torch.tensor([[12.0, 12, 32, 32]]), "scores": torch.tensor([0.6]), "labels": torch.tensor([0])}
+    fused = fuse_passes([first, second], (100, 100))
+    mean = (0.9 * first["boxes"][0] + 0.6 * second["boxes"][0]) / 1.5
+    torch.testing.assert_close(fused["boxes"][0], mean)
+    assert fused["scores"][0].item() == pytest.approx(0.75) and len(fused["boxes"]) == 2
+    # Found by one pass of two: same corners, half the score.
+    torch.testing.assert_close(fused["boxes"][1], first["boxes"][1])
+    assert fused["scores"][1].item() == pytest.approx(0.25)
+
+
+def test_box_voting_moves_corners_not_scores():
+    kept, kept_labels = torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([0])
+    boxes = torch.tensor([[10.0, 10, 30, 30], [12, 12, 32, 32], [10, 10, 30, 30], [50, 50, 60, 60]])
+    scores, labels = torch.tensor([0.9, 0.3, 0.8, 0.7]), torch.tensor([0, 0, 1, 0])
+    # Only same-class overlapping candidates vote: the class-1 twin and the far box do not.
+    torch.testing.assert_close(box_voting(kept, kept_labels, boxes, scores, labels),
+                               ((0.9 * boxes[0] + 0.3 * boxes[1]) / 1.2)[None])
+
+
+def test_wbf_keeps_a_strong_object_above_an_isolated_weak_pair():
+    """The raw-candidate trap: a 0.8 box with 29 weak neighbours (0.3 -> 0.02) averaged by WBF would
+    score 0.18, below an isolated 0.5 / 0.45 pair (0.475). NMS first keeps the ranking, with and without TTA."""
+    g = torch.Generator().manual_seed(0)
+    strong = torch.tensor([100.0, 100, 200, 200])
+    cloud = strong + torch.randint(-6, 7, (29, 4), generator=g).float()         # IoU > 0.8 with the strong box
+    pair = torch.tensor([[300.0, 300, 340, 340], [302, 301, 341, 342]])
+    boxes = torch.cat([strong[None], cloud, pair])[None]                       # (1, 32, 4)
+    scores = torch.cat([torch.tensor([0.8]), torch.linspace(0.3, 0.02, 29), torch.tensor([0.5, 0.45])])
+    logits = torch.full((1, 32, 2), -20.0)
+    logits[0, :, 0] = torch.logit(scores)
+    det = postprocess(logits, boxes, method="wbf")[0]
+    assert det["scores"][:2].tolist() == pytest.approx([0.8, 0.5])
+    assert torchvision.ops.box_iou(det["boxes"][:1], strong[None]).item() > 0.9
+
+    class Cloud(torch.nn.Module):
+        """The same outputs in both TTA passes (a flip-symmetric scene)."""
+        def forward(self, images):
+            w = images.shape[-1]
+            flipped = torch.stack([w - boxes[..., 2], boxes[..., 1], w - boxes[..., 0], boxes[..., 3]], -1)
+            return logits, boxes if images[0, 0, 0, 0] == 0 else flipped
+
+    images = torch.zeros(1, 3, 512, 512)
+    images[..., -1] = 1.0  # marks the flipped pass (its first column is 1)
+    det = detect(Cloud(), images, method="wbf", tta=True)[0]
+    assert det["scores"][:2].tolist() == pytest.approx([0.8, 0.5])
+    torch.testing.assert_close(det["boxes"][0], strong, atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["nms", "soft-nms", "wbf"])
@@ -112,7 +154,7 @@ def test_postprocess_methods_keep_the_obvious_detection(method):
     logits = torch.full((1, 3, 2), -10.0)
     logits[0, 0, 1], logits[0, 1, 1] = 3.0, 2.0  # two overlapping class-1 boxes
     boxes = torch.tensor([[[10.0, 10, 50, 50], [11, 11, 51, 51], [0, 0, 5, 5]]])
-    det = postprocess(logits, boxes, method=method, image_size=(64, 64))[0]
+    det = postprocess(logits, boxes, method=method)[0]
     assert det["labels"][0] == 1 and det["scores"][0] > 0.85
     assert torchvision.ops.box_iou(det["boxes"][:1], boxes[0, :1])[0, 0] > 0.95
 
@@ -123,7 +165,7 @@ def test_postprocess_methods_with_no_candidate_return_empty(method):
     logits = torch.full((2, 3, 2), -10.0)
     logits[1, 0, 0] = 3.0  # the second image has one detection
     boxes = torch.tensor([[[10.0, 10, 50, 50], [11, 11, 51, 51], [0, 0, 5, 5]]]).repeat(2, 1, 1)
-    empty, one = postprocess(logits, boxes, method=method, image_size=(64, 64))
+    empty, one = postprocess(logits, boxes, method=method)
     assert [len(empty[k]) for k in ("boxes", "scores", "labels")] == [0, 0, 0]
     assert len(one["boxes"]) == 1 and one["labels"][0] == 0
 
@@ -150,11 +192,11 @@ def test_tta_flips_boxes_back():
 
     images = torch.zeros(1, 3, 8, 32)
     images[..., 5] = 1.0
-    _, boxes = predict(Fixed(), images, tta=True)
-    assert boxes.shape == (1, 2, 4)
+    (_, boxes), (_, flipped) = predict_passes(Fixed(), images, tta=True)
+    assert boxes.shape == flipped.shape == (1, 1, 4)
     # The flipped pass sees the column at 26, predicts [26, 0, 27, 4] and maps it back to [5, 0, 6, 4].
-    torch.testing.assert_close(boxes[0, 1], torch.tensor([5.0, 0, 6, 4]))
-    torch.testing.assert_close(boxes[0, 0], boxes[0, 1])
+    torch.testing.assert_close(flipped[0, 0], torch.tensor([5.0, 0, 6, 4]))
+    torch.testing.assert_close(boxes[0, 0], flipped[0, 0])
 
 
 # --------------------------------------------------------------------------- schedules
