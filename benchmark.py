@@ -38,11 +38,14 @@ import time
 import torch
 
 from assign import TaskAlignedAssigner
-from data import DetectionDataset, build_transforms, collate, load_class_names, pad_targets, resolve_data_root
-from detector import Detector, depthwise_in_fp32, fuse_conv_bn
-from evaluate import inference_amp, load_checkpoint, postprocess
+from data import DetectionDataset, build_transforms, collate, load_class_names, pad_targets
+from detector import Detector
+from evaluate import postprocess
 from losses import DetectionLoss
-from train import amp_supported, default_workers, make_optimizer
+from runtime import amp_supported, default_workers, inference_amp, load_checkpoint
+from sources import resolve_data_root
+from speed import depthwise_in_fp32, fuse_conv_bn
+from train import make_optimizer
 
 
 def timed(fn, repeats: int, warmup: int) -> float:
@@ -153,7 +156,7 @@ def main(argv=None):
     p.add_argument("--infer-amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for the inference columns (default: as evaluate.py, off on CPU)")
     p.add_argument("--fp32-depthwise", action=argparse.BooleanOptionalAction, default=True,
-                   help="trainable depthwise convs in fp32 under autocast (as the Detector; see depthwise_in_fp32)")
+                   help="trainable depthwise convs in fp32 under autocast (as train.py; see speed.depthwise_in_fp32)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers for the loader and loop columns (default: as train.py, 0 on CPU)")

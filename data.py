@@ -39,12 +39,9 @@ Differences from the course notebook:
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import io
-import os
 import random
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,87 +54,15 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
-HF_DATASET = "Francesco/halo-infinite-angel-videogame"
+from sources import DataError
+
 # Class names of the course dataset, used when a dataset has no card. Index = model class id.
 HALO_CLASSES = ["enemy", "enemy-head", "friendly", "friendly-head"]
-# Where `git clone https://huggingface.co/datasets/<HF_DATASET>` puts the course data.
-LOCAL_CLONE = Path("data") / "halo-infinite-angel-videogame"
-# The offline stand-in (same parquet layout), next to the repo.
-OFFLINE_STANDIN = Path(__file__).resolve().parent.parent / "shared" / "data" / "valorant-object-detection"
 SPLITS = ("train", "validation", "test")
 PAD_VALUE = 114  # grey letterbox border, as YOLOX/YOLOv5 use
 # RF100 categories are 1-based: id 0 is the super-category placeholder no box uses.
 # Model class k  <->  dataset category k + FIRST_CATEGORY_ID (parse_row one way, COCO export the other).
 FIRST_CATEGORY_ID = 1
-
-
-class DataError(ValueError):
-    """A problem with the dataset itself (missing files, a bad row). Printed without a traceback."""
-
-
-# --------------------------------------------------------------------------- finding the data
-def _is_dataset_root(path: Path) -> bool:
-    return bool(glob.glob(str(path / "data" / "train-*.parquet")))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect with a short timeout, so offline users don't wait on hub retries."""
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _download_from_hub(dest: Path) -> Path:
-    from huggingface_hub import snapshot_download
-
-    snapshot_download(repo_id=HF_DATASET, repo_type="dataset", local_dir=str(dest))
-    return dest
-
-
-def resolve_data_root(data: str | None = None, verbose: bool = True) -> Path:
-    """Return the dataset root to use, trying each source in order and printing the one chosen.
-
-    Order: ``data`` argument -> ``$DETECTION_DATA`` -> ``./data/halo-infinite-angel-videogame`` ->
-    hub download into that folder (only when the hub answers within seconds) -> offline stand-in.
-    """
-    say = print if verbose else (lambda *a, **k: None)
-    if data is not None:
-        root = Path(data)
-        if not _is_dataset_root(root):
-            raise DataError(f"--data {root}: no {root}/data/train-*.parquet found (expected the Hugging Face "
-                            "parquet layout: <root>/data/{train,validation,test}-*.parquet)")
-        say(f"[data] using --data {root}")
-        return root
-    tried = []
-    env = os.environ.get("DETECTION_DATA")
-    if env:
-        if _is_dataset_root(Path(env)):
-            say(f"[data] using $DETECTION_DATA={env}")
-            return Path(env)
-        tried.append(f"$DETECTION_DATA={env} (no data/train-*.parquet)")
-    else:
-        tried.append("$DETECTION_DATA (not set)")
-    if _is_dataset_root(LOCAL_CLONE):
-        say(f"[data] using local clone {LOCAL_CLONE}")
-        return LOCAL_CLONE
-    tried.append(f"{LOCAL_CLONE} (not there)")
-    if hub_reachable():
-        try:
-            say(f"[data] downloading {HF_DATASET} into {LOCAL_CLONE} ...")
-            return _download_from_hub(LOCAL_CLONE)
-        except Exception as e:  # any hub failure: fall through to the offline copy
-            tried.append(f"hub download of {HF_DATASET} ({type(e).__name__}: {e})")
-    else:
-        tried.append(f"hub download of {HF_DATASET} (huggingface.co unreachable: offline)")
-    if _is_dataset_root(OFFLINE_STANDIN):
-        say(f"[data] offline: using the stand-in dataset {OFFLINE_STANDIN}")
-        return OFFLINE_STANDIN
-    tried.append(f"{OFFLINE_STANDIN} (not there)")
-    raise DataError("no dataset found. Tried:\n  - " + "\n  - ".join(tried) +
-                    f"\nGet the data with `git clone https://huggingface.co/datasets/{HF_DATASET} {LOCAL_CLONE}` "
-                    "or pass --data DIR (a folder holding data/train-*.parquet).")
 
 
 def load_class_names(root: Path) -> list[str]:
@@ -471,142 +396,3 @@ def pad_targets(targets: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.
         gt_labels[i, :n] = t["labels"]
         gt_mask[i, :n] = True
     return gt_boxes, gt_labels, gt_mask
-
-
-# --------------------------------------------------------------------------- pictures
-def to_uint8_image(image: torch.Tensor, mean, std) -> np.ndarray:
-    """Undo ``Normalize``: (3,H,W) float -> (H,W,3) uint8 RGB, for drawing."""
-    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
-    return ((image.float().cpu() * s + m).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-
-
-def draw_boxes(ax, boxes, labels, class_names, scores=None, linestyle="-", colors=None, tags=True) -> None:
-    """Draw xyxy ``boxes`` on a matplotlib axis, coloured by class, with name (and score) tags."""
-    from matplotlib.patches import Rectangle
-
-    colors = colors or ["#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500"]
-    for k, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1))):
-        x1, y1, x2, y2 = box
-        c = colors[int(label) % len(colors)]
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=c, ls=linestyle))
-        if not tags:
-            continue
-        tag = class_names[int(label)] + (f" {float(scores[k]):.2f}" if scores is not None else "")
-        ax.text(x1, y1 - 2, tag, color="white", fontsize=6, va="bottom", bbox=dict(fc=c, ec="none", pad=0.5, alpha=0.8))
-
-
-def plot_augmentations(images: list[np.ndarray], targets: list[dict], class_names: list[str], cols: int = 4):
-    """Grid of augmented samples (uint8 images) with their boxes; returns the matplotlib figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, t in zip(axes.flat, images, targets):
-        ax.imshow(img)
-        draw_boxes(ax, t["boxes"], t["labels"], class_names)
-        ax.set_title(f"image_id {t['image_id']}: {len(t['labels'])} boxes", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def max_same_class_iou(records: list[Record]) -> tuple[int, float]:
-    """(number of same-class GT pairs inside one image, the largest IoU among them).
-
-    This bounds what NMS can get wrong: class-aware NMS at IoU threshold T can only suppress a true
-    positive whose object overlaps another object of its class by about T or more. When no such pair
-    exists, Soft-NMS has nothing to rescue."""
-    from losses import box_iou  # the repo's one IoU function
-
-    pairs, worst = 0, 0.0
-    for r in records:
-        boxes, labels = torch.as_tensor(r.boxes, dtype=torch.float32), torch.as_tensor(r.labels)
-        iou = box_iou(boxes, boxes)                                              # (N, N)
-        pair = (labels[:, None] == labels[None]) & torch.ones_like(iou, dtype=torch.bool).triu(1)
-        pairs += int(pair.sum())
-        worst = max(worst, float(iou[pair].max()) if pair.any() else 0.0)
-    return pairs, worst
-
-
-def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8, img_size: int | None = None) -> bool:
-    """Print per split: images, boxes per class, empty images, box sizes, and every problem row.
-    With ``img_size`` the box sizes are those the model sees after the letterbox resize to that size
-    (the longer side scaled to ``img_size``), e.g. how many heads stay under the finest stride at 640 px.
-    Returns True when nothing had to be thrown away (no fatal problem)."""
-    ok = True
-    for split in SPLITS:
-        try:
-            records, problems = scan_split(root, split, len(class_names))
-        except DataError as e:
-            print(f"{split}: {e}")
-            ok = False
-            continue
-        labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, int)
-        boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4))
-        wh = boxes[:, 2:] - boxes[:, :2]
-        if img_size and len(records):
-            # letterbox: every box of an image scales with img_size / its longer side
-            scale = [img_size / max(image_header_size(r.image_bytes)) for r in records]
-            wh = wh * np.repeat(scale, [len(r.labels) for r in records])[:, None]
-        side = np.sqrt(wh.prod(1))  # sqrt(area): one number per box for its size
-        counts = np.bincount(labels, minlength=len(class_names))
-        print(f"\n== {split}: {len(records)} usable images, {sum(len(r.labels) == 0 for r in records)} without boxes, "
-              f"{len(labels)} boxes (" + ", ".join(f"{n} {c}" for n, c in zip(class_names, counts)) + ")")
-        if len(side):
-            q = np.percentile(side, [0, 10, 50, 90, 100]).round(1)
-            print(f"   box size sqrt(w*h) px: min {q[0]}  p10 {q[1]}  median {q[2]}  p90 {q[3]}  max {q[4]}")
-            small = wh.min(1) < finest_stride
-            per_class = ", ".join(f"{n} {int((small & (labels == c)).sum())}" for c, n in enumerate(class_names))
-            print(f"   boxes narrower or lower than the finest stride ({finest_stride} px): {int(small.sum())} "
-                  f"({per_class})")
-            pairs, worst = max_same_class_iou(records)
-            print(f"   same-class box pairs in one image: {pairs}, largest IoU between them {worst:.2f}")
-        fatal = [p for p in problems if p.fatal]
-        print(f"   problems: {len(problems)} ({len(fatal)} drop data, {len(problems) - len(fatal)} repaired)")
-        for p in problems:
-            print(f"   {'ERROR' if p.fatal else 'warn '} {p}")
-        ok &= not fatal
-    return ok
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Inspect a parquet detection dataset: statistics and problem rows "
-                                            "(default), or a picture of augmented samples (--show-aug).")
-    p.add_argument("--data", default=None, help="dataset root (default: auto, see README)")
-    p.add_argument("--check", action="store_true", help="statistics and problem rows (the default action); "
-                                                        "exit code 1 if a row has to be dropped")
-    p.add_argument("--show-aug", type=int, default=0, metavar="N", help="save a grid of N augmented train samples")
-    p.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="augmentation level for --show-aug")
-    p.add_argument("--img-size", type=int, default=None, help="--show-aug: sample size; --check: report box sizes "
-                                                                 "after resizing to this size (default: native)")
-    p.add_argument("--out", default="aug.png")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    try:
-        root = resolve_data_root(args.data)
-        names = load_class_names(root)
-        if args.show_aug:
-            import timm
-            cfg = timm.get_pretrained_cfg("tf_efficientnet_lite0")  # the default backbone's normalisation
-            size = args.img_size or dataset_image_size(root)
-            ds = DetectionDataset(root, "train", build_transforms(size, True, cfg.mean, cfg.std, args.aug), names,
-                                  seed=args.seed)
-            picks = np.random.default_rng(args.seed).choice(len(ds), min(args.show_aug, len(ds)), replace=False)
-            samples = [ds[int(i)] for i in picks]
-            fig = plot_augmentations([to_uint8_image(img, cfg.mean, cfg.std) for img, _ in samples],
-                                     [t for _, t in samples], names)
-            fig.savefig(args.out, dpi=80)
-            print(f"wrote {args.out} ({len(samples)} samples, aug={args.aug}, {size} px)")
-            return
-        print(f"classes: {names}" + (f"; box sizes after resizing to {args.img_size} px" if args.img_size else ""))
-        if not check_dataset(root, names, img_size=args.img_size):
-            sys.exit(1)
-    except DataError as e:
-        sys.exit(f"data error: {e}")
-
-
-if __name__ == "__main__":
-    main()

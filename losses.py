@@ -24,12 +24,15 @@ Differences from the papers:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from head import encode
+
+if TYPE_CHECKING:  # for the type hint only: assign.py imports this module
+    from assign import Assignment
 
 
 # --------------------------------------------------------------------------- IoU
@@ -178,15 +181,6 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
 
 
 # --------------------------------------------------------------------------- detection loss
-class Assignment(NamedTuple):
-    """What an assigner decides for every anchor point (see assign.py)."""
-    fg_mask: torch.Tensor        # (B, A) bool: the anchor is a positive
-    gt_index: torch.Tensor       # (B, A) int64: index of its GT in the padded (B, M) GT tensors
-    target_labels: torch.Tensor  # (B, A) int64: class of that GT (meaningless where not fg)
-    target_boxes: torch.Tensor   # (B, A, 4) xyxy pixels of that GT
-    target_scores: torch.Tensor  # (B, A, C) soft classification targets (0 for background)
-
-
 class DetectionLoss(torch.nn.Module):
     """cls loss (BCE / QFL / VFL) against soft targets + box IoU-loss on positives (+ DFL with a
     distribution head), all / max(Σ targets, 1).

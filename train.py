@@ -36,12 +36,17 @@ from tqdm import tqdm
 
 from assign import SimpleAssigner, TaskAlignedAssigner
 from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
-                  load_class_names, pad_targets, resolve_data_root)
-from detector import Detector, fuse_conv_bn
-from evaluate import (CheckpointError, evaluate, format_results, inference_amp, metrics_summary, plot_pr_curves,
-                      read_checkpoint, resolve_device, round_to_stride)
+                  load_class_names, pad_targets)
+from detector import Detector
+from evaluate import evaluate
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
+from metrics import format_results, metrics_summary
 from neck import NECKS
+from runtime import (CheckpointError, amp_supported, default_workers, inference_amp, read_checkpoint, resolve_device,
+                     round_to_stride, save_atomic)
+from sources import resolve_data_root
+from speed import depthwise_in_fp32, fuse_conv_bn
+from visualize import plot_history, plot_pr_curves
 
 
 def parse_args(argv=None):
@@ -166,29 +171,6 @@ def aug_for_epoch(epoch: int, total_epochs: int, args) -> str:
     return args.aug
 
 
-def amp_supported(device: torch.device) -> bool:
-    """bfloat16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX);
-    elsewhere it is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return True
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-def default_workers(device: torch.device) -> int:
-    """Loader worker processes when ``--workers`` is not given: none on CPU, a few on an accelerator.
-
-    Why none on CPU: torch already runs every core in the training step, and oneDNN's parallel convs
-    wait for their slowest thread, so a worker that takes a core for augmentation stalls the whole step
-    (workers are also forked anew each epoch, and the first steps after a fork are the slowest). Loading
-    in this process is cheap: with ``--cache`` the images are decoded already, only augmentation is left.
-    On this 2-core machine, ``python benchmark.py --sizes 416 --workers 2`` and ``--workers 0``: training
-    loop 9.3 against 10.7 img/s (README, Speed). On CUDA the loader runs beside the GPU and workers hide it.
-    """
-    return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
-
-
 def new_run_dir(out: str, name: str, exist_ok: bool = False) -> Path:
     """runs/NAME, or runs/NAME-2, -3 ... so an earlier run is never overwritten (unless ``exist_ok``)."""
     path, k = Path(out) / name, 2
@@ -200,39 +182,6 @@ def new_run_dir(out: str, name: str, exist_ok: bool = False) -> Path:
 
 class NonFiniteLoss(RuntimeError):
     """Too many consecutive steps with a NaN/inf loss: training has diverged."""
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temp file then rename: a kill mid-write never leaves a corrupt checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def plot_history(rows: list[dict], run_dir: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "loss_cls", "loss_box", "loss_dfl"):
-        if key in rows[0]:
-            ax.plot(ep, [r[key] for r in rows], label=key)
-    ax.set(xlabel="epoch", ylabel="train loss (log scale)", title="training loss", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
-    plt.close(fig)
-    val = [r for r in rows if r["val_map"] != ""]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("val_map", "mAP@[.5:.95]"), ("val_map50", "mAP50"), ("val_map75", "mAP75")):
-        ax.plot([r["epoch"] for r in val], [r[key] for r in val], marker="o", label=label)
-    ax.set(xlabel="epoch", ylabel="validation", title="validation mAP")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "map.png", dpi=100)
-    plt.close(fig)
 
 
 def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None,
@@ -355,8 +304,9 @@ def main(argv=None):
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
                          unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block,
                          depthwise_head=args.head_conv == "depthwise", box_bins=args.box_bins)
-        # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU).
-        model = model.to(device, memory_format=torch.channels_last)
+        # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU);
+        # trainable depthwise convs skip bf16 autocast, whose backward is slow for them (speed.py).
+        model = depthwise_in_fp32(model.to(device, memory_format=torch.channels_last))
         mean, std = model.backbone.mean, model.backbone.std
         train_ds, val_ds, test_ds = build_datasets(args, root, class_names, mean, std)
     except DataError as e:

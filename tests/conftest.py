@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import sources
+
 CARD = """---
 dataset_info:
   features:
@@ -84,3 +86,11 @@ def make_dataset(root: Path, sizes=None, image_size: int = 128, seed: int = 0, e
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tiny"), empty_images=2)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Every test runs as on a machine without network, whatever this one has: the hub probe says no, so
+    no test downloads weights or data and each takes the same path everywhere. A test of the online path
+    patches the probe back (``test_other_backbones_load_timms_download_online``)."""
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: False)

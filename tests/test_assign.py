@@ -4,7 +4,7 @@ import torch
 
 from assign import SimpleAssigner, TaskAlignedAssigner, target_stats
 from head import make_anchor_points
-from losses import Assignment
+from assign import Assignment
 
 # A 64x64 image: stride 8 (8x8), 16 (4x4) and 32 (2x2) points -> A = 84.
 POINTS, STRIDES = make_anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import data
+import datacheck
+import sources
 from conftest import CARD, encode_jpeg, make_dataset, make_row, synthetic_image, write_split
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -79,25 +81,25 @@ def test_default_image_size_is_the_datasets(tiny_dataset):
 
 
 def test_resolve_explicit_and_env(tiny_dataset, tmp_path, monkeypatch):
-    assert data.resolve_data_root(str(tiny_dataset), verbose=False) == tiny_dataset
+    assert sources.resolve_data_root(str(tiny_dataset), verbose=False) == tiny_dataset
     monkeypatch.setenv("DETECTION_DATA", str(tiny_dataset))
-    assert data.resolve_data_root(None, verbose=False) == tiny_dataset
+    assert sources.resolve_data_root(None, verbose=False) == tiny_dataset
 
 
 def test_resolve_nothing_found_is_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DETECTION_DATA", str(tmp_path / "nope"))
-    monkeypatch.setattr(data, "OFFLINE_STANDIN", tmp_path / "missing")
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(sources, "OFFLINE_STANDIN", tmp_path / "missing")
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(data.DataError) as e:
-        data.resolve_data_root(None, verbose=False)
+        sources.resolve_data_root(None, verbose=False)
     msg = str(e.value)
     assert "DETECTION_DATA" in msg and "offline" in msg and "--data" in msg
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(data.DataError, match="no .*train-\\*.parquet"):
-        data.resolve_data_root(str(tmp_path / "nowhere"), verbose=False)
+        sources.resolve_data_root(str(tmp_path / "nowhere"), verbose=False)
 
 
 def write_rows_with(tmp_path, bad_row):
@@ -150,7 +152,7 @@ def test_bad_rows_default_warn_and_repair(tmp_path, kind, capsys):
     assert ds[1][1]["boxes"].shape == (left, 4)
     # data.py --check lists it and fails only when data had to be thrown away.
     with pytest.raises(SystemExit) if fatal else _no_exit():
-        data.main(["--data", str(root), "--check"])
+        datacheck.main(["--data", str(root)])
     assert message in capsys.readouterr().out
 
 
@@ -168,7 +170,7 @@ def test_unreadable_image_bytes(tmp_path, capsys):
         data.read_split(root, "train", 2, strict=True)
     assert len(data.read_split(root, "train", 2)) == 1  # skipped, with a warning
     with pytest.raises(SystemExit):
-        data.main(["--data", str(root), "--check"])
+        datacheck.main(["--data", str(root)])
 
 
 def test_truncated_image_is_skipped_by_the_loader(tmp_path, capsys):
@@ -196,7 +198,7 @@ def test_cache_gives_the_same_items_and_drops_broken_images(tmp_path, capsys):
 
 
 def test_check_statistics(tiny_dataset, capsys):
-    data.main(["--data", str(tiny_dataset), "--check"])
+    datacheck.main(["--data", str(tiny_dataset)])
     out = capsys.readouterr().out
     assert "== train: 48 usable images, 2 without boxes" in out
     assert "problems: 0" in out and "finest stride" in out and "same-class box pairs" in out
@@ -213,7 +215,7 @@ def test_check_counts_small_boxes_at_the_training_size(tmp_path, capsys):
     (tmp_path / "README.md").write_text(CARD)
 
     def train_line(*size):
-        data.main(["--data", str(tmp_path), "--check", *size])
+        datacheck.main(["--data", str(tmp_path), *size])
         return next(line for line in capsys.readouterr().out.splitlines() if "finest stride" in line)
 
     # native: 5 px, 6 px and 6 px sides are under 8
@@ -232,7 +234,7 @@ def test_max_same_class_iou_hand_computed():
         rec([[0, 0, 10, 10], [5, 0, 15, 10], [0, 0, 15, 10]], [0, 0, 1]),
         rec([[0, 0, 4, 4]], [0]),                                     # one box: no pair
     ]
-    pairs, worst = data.max_same_class_iou(records)
+    pairs, worst = datacheck.max_same_class_iou(records)
     assert pairs == 1 and worst == pytest.approx(50 / 150)
 
 

@@ -8,10 +8,12 @@ matplotlib.use("Agg")
 
 import data  # noqa: E402
 import visualize  # noqa: E402
-from assign import TaskAlignedAssigner, plot_assignment  # noqa: E402
+from assign import TaskAlignedAssigner  # noqa: E402
 from detector import Detector  # noqa: E402
-from evaluate import plot_pr_curves, plot_predictions, postprocess  # noqa: E402
-from head import make_anchor_points, plot_anchor_points, plot_score_maps  # noqa: E402
+from evaluate import postprocess  # noqa: E402
+from head import make_anchor_points  # noqa: E402
+from visualize import (plot_anchor_points, plot_assignment, plot_augmentations, plot_pr_curves,  # noqa: E402
+                       plot_predictions, plot_score_maps)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_predictions_and_augment_figures(scene):
     preds = postprocess(cls_logits, boxes)
     targets = [{"boxes": gt, "labels": torch.tensor([0, 1]), "image_id": 0}]
     rendered(plot_predictions([img], preds, ["a", "b"], targets, min_score=0.0))
-    rendered(data.plot_augmentations([img, img], targets * 2, ["a", "b"]))
+    rendered(plot_augmentations([img, img], targets * 2, ["a", "b"]))
 
 
 def test_pr_figure():
@@ -85,7 +87,7 @@ def test_per_class_ap50_and_ap75_match_torchmetrics_at_that_threshold():
     """ap_at_iou reads one IoU threshold out of the 10-threshold extended summary; torchmetrics run with
     only that threshold must give the same per-class AP (a wrong index or axis gives another number)."""
     from torchmetrics.detection import MeanAveragePrecision
-    from evaluate import per_class_ap_at_iou
+    from metrics import per_class_ap_at_iou
     g = torch.Generator().manual_seed(0)
     preds, targets = [], []
     for _ in range(6):

@@ -3,9 +3,9 @@ import pytest
 import torch
 import torchvision.ops as tvo
 
+from assign import Assignment
 from head import distribution_to_distance
-from losses import (Assignment, DetectionLoss, box_iou, ciou_loss, diou_loss, distribution_focal_loss, giou_loss,
-                    iou_loss)
+from losses import DetectionLoss, box_iou, ciou_loss, diou_loss, distribution_focal_loss, giou_loss, iou_loss
 
 
 def random_boxes(n, seed):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import evaluate
+import runtime
 import train
 from conftest import make_dataset
 
@@ -52,7 +53,7 @@ def test_sigkill_mid_training_then_resume(small_data, tmp_path):
     assert 2 <= done < 8, "the run should have been killed part-way"
     # Written atomically: whatever moment the kill hit, last.pt is a complete checkpoint.
     # (metrics.csv is written just after last.pt, so the kill may fall between the two.)
-    assert evaluate.read_checkpoint(str(tmp_path / "killed" / "last.pt"))["epoch"] in (done - 1, done)
+    assert runtime.read_checkpoint(str(tmp_path / "killed" / "last.pt"))["epoch"] in (done - 1, done)
     train.main(["--resume", str(tmp_path / "killed" / "last.pt")])
     rows = read_rows(metrics)
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
@@ -142,5 +143,5 @@ def test_cuda_without_cuda_is_a_clear_error(checkpoint, small_data, tmp_path):
 
 
 def test_image_size_rounded_up_with_a_message(capsys):
-    assert evaluate.round_to_stride(100) == 128 and evaluate.round_to_stride(416) == 416
+    assert runtime.round_to_stride(100) == 128 and runtime.round_to_stride(416) == 416
     assert "not a multiple" in capsys.readouterr().out

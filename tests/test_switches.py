@@ -10,12 +10,14 @@ import torchvision
 
 import data
 import train
+import visualize
 from backbone import Backbone
 from conftest import make_dataset
 from detector import Detector
-from evaluate import box_voting, detect, fuse_passes, postprocess, predict_passes, soft_nms
+from evaluate import detect, postprocess
 from losses import bce_loss, quality_focal_loss, varifocal_loss
 from neck import PAN, CSPBlock, build_neck
+from nms_variants import box_voting, fuse_passes, predict_passes, soft_nms
 
 
 # --------------------------------------------------------------------------- neck
@@ -171,7 +173,7 @@ def test_postprocess_methods_with_no_candidate_return_empty(method):
 
 
 def test_best_match_ious_hand_computed():
-    from evaluate import best_match_ious
+    from metrics import best_match_ious
     det = {"boxes": torch.tensor([[0.0, 0, 10, 5], [0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]),
            "scores": torch.tensor([0.9, 0.1, 0.8, 0.9]),  # the exact box scores below min_score: not counted
            "labels": torch.tensor([0, 0, 1, 0]),
@@ -253,7 +255,7 @@ def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
             image, t = ds[i]
-            img = data.to_uint8_image(image, mean, std).astype(int)
+            img = visualize.to_uint8_image(image, mean, std).astype(int)
             for box, label in zip(t["boxes"].tolist(), t["labels"].tolist()):
                 x1, y1, x2, y2 = box
                 assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
@@ -278,7 +280,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
 def test_head_switches_train_and_reload(tmp_path):
     """--box-bins trains a distribution head and --head-conv depthwise depthwise-separable branch convs; the
     checkpoint rebuilds the same head for evaluation."""
-    from evaluate import load_checkpoint
+    from runtime import load_checkpoint
     root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
     res = train.main(["--data", str(root), "--out", str(tmp_path), "--name", "dfl", "--workers", "0", "--epochs", "1",
                       "--batch-size", "4", "--img-size", "64", "--box-bins", "8", "--head-conv", "depthwise"])
@@ -297,8 +299,30 @@ def test_head_switches_train_and_reload(tmp_path):
     assert out.box_logits.shape == (1, 84, 4, 8)
 
 
-@pytest.mark.parametrize("name, channels", [("efficientnet_b0", [40, 112, 320]), ("resnet50", [512, 1024, 2048])])
+@pytest.mark.parametrize("name, channels", [("efficientnet_b0", [40, 112, 320]), ("resnet18", [128, 256, 512])])
 def test_other_backbones_work_offline(name, channels):
+    # conftest's ``offline`` fixture: the hub probe says no, so timm is not asked and the init is random.
     with pytest.warns(UserWarning, match="RANDOM INIT"):
         bb = Backbone(name, pretrained=True, unfreeze_last=1)
     assert [f.shape[1] for f in bb(torch.zeros(1, 3, 64, 64))] == channels
+
+
+def test_other_backbones_load_timms_download_online(monkeypatch):
+    """Online, a timm name without a weights file gets timm's own download; the download is replaced here
+    by a model whose weights are all 0.5, so the test needs no network and sees where the weights came from."""
+    import timm
+    import sources
+    real = timm.create_model
+
+    def fake_create_model(name, pretrained=False, **kwargs):
+        model = real(name, pretrained=False, **kwargs)
+        if pretrained:
+            for p in model.parameters():
+                torch.nn.init.constant_(p, 0.5)
+        return model
+
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    bb = Backbone("resnet18", pretrained=True, unfreeze_last=1)
+    assert bb.weights_source == "ImageNet weights from timm's download"
+    assert all((p == 0.5).all() for p in bb.body.parameters())
