@@ -2,16 +2,23 @@
 
 - ``read_checkpoint`` / ``model_from_checkpoint``: a checkpoint written by train.py back into a model, with
   readable errors for a missing, corrupt or foreign file; ``save_atomic`` writes one safely.
+- ``training_state`` / ``restore`` / ``resume_args``: what ``train.py --resume`` saves and reads back;
+  ``new_run_dir`` and ``write_csv`` for a run's folder; ``NonFiniteGuard`` stops a diverged run.
 - ``resolve_device``, ``amp_supported``, ``inference_amp``, ``default_workers``: which device, which
   precision for training and for inference, how many loader workers. Each choice was measured; the
   numbers are in RESULTS.md (Speed) and ``python benchmark.py`` repeats them.
 """
 from __future__ import annotations
 
+import argparse
+import csv
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 
 class CheckpointError(RuntimeError):
@@ -106,3 +113,94 @@ def save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def new_run_dir(out: str, name: str, exist_ok: bool = False) -> Path:
+    """runs/NAME, or runs/NAME-2, -3 ... so an earlier run is never overwritten (unless ``exist_ok``)."""
+    path, k = Path(out) / name, 2
+    while path.exists() and not exist_ok:
+        path, k = Path(out) / f"{name}-{k}", k + 1
+    path.mkdir(parents=True, exist_ok=exist_ok)
+    return path
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Rows as CSV, written to a temp file then renamed: a kill never leaves half a file."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def training_state(model, ema, optimizer, scheduler, gen, epoch, best_map, rows, planned_iters, class_names, args,
+                   run_dir) -> dict:
+    """Everything ``--resume`` needs to continue exactly, and ``evaluate.py`` needs to rebuild the model.
+    "model" holds the weights to evaluate (the EMA when --ema), "train_model" the raw ones to go on training.
+    No GradScaler state: bfloat16 has fp32's exponent range, so it needs no loss scaling."""
+    eval_model = ema.module if ema is not None else model
+    return {"model": eval_model.state_dict(), "train_model": model.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "best_map": best_map, "history": rows,
+            "rng": {"loader": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate()},
+            "planned_iters": planned_iters, "model_config": model.config, "class_names": class_names,
+            "train_args": vars(args), "run_dir": str(run_dir)}
+
+
+def restore(ckpt: dict, model, ema, optimizer, scheduler, gen):
+    """``training_state``'s inverse: weights, optimizer, LR schedule and every random generator as they were.
+    -> (next epoch, best validation mAP so far, metrics rows, planned iterations, run folder)."""
+    model.load_state_dict(ckpt["train_model"])
+    if ema is not None:
+        ema.module.load_state_dict(ckpt["ema"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    gen.set_state(ckpt["rng"]["loader"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    np.random.set_state(ckpt["rng"]["numpy"])
+    random.setstate(ckpt["rng"]["python"])
+    return ckpt["epoch"] + 1, ckpt["best_map"], ckpt["history"], ckpt["planned_iters"], Path(ckpt["run_dir"])
+
+
+def resume_args(path: str, defaults: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
+    """The settings a run started with, from its last.pt; a checkpoint from another version of train.py
+    (state or settings missing against ``defaults``, train.py's flags) is a clear error, not a silent guess."""
+    ckpt = read_checkpoint(path)
+    needed = {"train_model", "optimizer", "scheduler", "rng", "history", "planned_iters", "train_args", "run_dir"}
+    args, missing = ckpt.get("train_args", {}), sorted(needed - set(ckpt))
+    missing += sorted(set(vars(defaults)) - set(args))
+    if missing:
+        raise CheckpointError(f"{path} cannot be resumed by this train.py (it lacks {', '.join(missing)}); "
+                              "evaluate it with evaluate.py, or start a new run")
+    args = argparse.Namespace(**args)
+    args.resume = str(Path(ckpt["run_dir"]) / "last.pt")
+    return args, ckpt
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive steps with a NaN/inf loss: training has diverged."""
+
+
+class NonFiniteGuard:
+    """Says whether a step's loss is finite. A NaN/inf step is skipped (one bad batch must not poison the
+    weights) and reported; ``max_in_a_row`` of them in a row mean training has diverged (LR too high,
+    broken data), and going on would only waste hours: ``NonFiniteLoss``."""
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row, self.in_a_row, self.skipped = max_in_a_row, 0, 0
+
+    def finite(self, losses: dict, targets: list[dict]) -> bool:
+        if torch.isfinite(losses["total"]):
+            self.in_a_row = 0
+            return True
+        self.in_a_row, self.skipped = self.in_a_row + 1, self.skipped + 1
+        ids = [t["image_id"] for t in targets]
+        tqdm.write(f"warning: non-finite loss {{{', '.join(f'{k}: {v.item():.3g}' for k, v in losses.items())}}}"
+                   f", step skipped (image ids {ids})")
+        if self.in_a_row >= self.max_in_a_row:
+            raise NonFiniteLoss(f"{self.in_a_row} consecutive steps had a non-finite loss (last image ids {ids}); "
+                                "training has diverged. Try a lower --lr, or check the data with "
+                                "`python datacheck.py`. Resume from the last good last.pt.")
+        return False

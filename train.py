@@ -1,17 +1,18 @@
 """Training: a plain PyTorch loop, no framework.
 
-Course section: "Training". One epoch = for each batch: forward -> assign -> loss ->
-backward -> clip -> step. After each ``--val-every`` epochs: validation mAP, ``best.pt``
-on the best one; ``last.pt`` every epoch (resume with ``--resume runs/NAME/last.pt``).
-At the end the best checkpoint is evaluated on the test split.
+Course section: "Training". The step, in ``train_one_epoch``, is one block:
+forward -> assign -> loss -> backward -> clip -> step. ``main`` reads top to bottom around it:
+data and model, optimizer and LR schedule, then per epoch train, validate, save ``last.pt`` (and
+``best.pt`` on the best validation mAP); at the end ``best.pt`` is evaluated on the test split.
 
-    python train.py --epochs 80                      # defaults: offline stand-in / Halo, TAL, GIoU
-    python train.py --epochs 10 --img-size 320 --assigner simple --box-loss ciou
+    python train.py --epochs 80                      # the default recipe
+    python train.py --time 10                        # 10 minutes of training; the LR schedule fits the budget
+    python train.py --resume runs/exp/last.pt        # continue exactly where a run stopped
 
 Differences from the papers' recipes (TOOD / YOLOX use SGD, 300 epochs, 8 GPUs):
 
 - AdamW with a linear warm-up then a cosine decay, stepped every iteration: it
-  trains a small head on a frozen backbone well with a batch of 16 on a CPU.
+  trains a small head on a mostly frozen backbone well with a batch of 16 on a CPU.
 - No weight decay on BatchNorm weights and biases (they only scale and shift).
 - Optional warm-up with the prediction-free assigner for the first N epochs, as
   TOOD does with ATSS (TOOD sec. 4, "Implementation details").
@@ -19,11 +20,9 @@ Differences from the papers' recipes (TOOD / YOLOX use SGD, 300 epochs, 8 GPUs):
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -42,8 +41,9 @@ from evaluate import evaluate
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
 from metrics import format_results, metrics_summary
 from neck import NECKS
-from runtime import (CheckpointError, amp_supported, default_workers, inference_amp, read_checkpoint, resolve_device,
-                     round_to_stride, save_atomic)
+from runtime import (CheckpointError, NonFiniteGuard, NonFiniteLoss, amp_supported, default_workers, inference_amp,
+                     new_run_dir, restore, resume_args, resolve_device, round_to_stride, save_atomic, training_state,
+                     write_csv)
 from sources import resolve_data_root
 from speed import depthwise_in_fp32, fuse_conv_bn
 from visualize import plot_history, plot_pr_curves
@@ -52,61 +52,67 @@ from visualize import plot_history, plot_pr_curves
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train the one-stage detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=None, help="dataset root; default: $DETECTION_DATA, ./data clone, hub, "
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help="dataset root; default: $DETECTION_DATA, ./data clone, hub, "
                                                 "then the offline stand-in")
-    p.add_argument("--epochs", type=int, default=80, help="epochs (with --time: the most epochs)")
-    p.add_argument("--time", type=float, default=None, metavar="MINUTES",
-                   help="train for this much training time (validation not counted); the LR schedule is "
-                        "re-planned after every epoch for the iterations that fit (the last epoch may be partial)")
-    p.add_argument("--img-size", type=int, default=None, help="default: the dataset's image size")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear LR warm-up length")
-    p.add_argument("--backbone", default="tf_efficientnet_lite0", help="any timm model name")
-    p.add_argument("--weights", default=None, help="backbone weights file (timm or efficientnet_pytorch keys)")
-    p.add_argument("--unfreeze", type=int, default=2, help="train the last K backbone blocks (0 frozen, -1 all)")
-    p.add_argument("--width", type=int, default=64, help="neck and head channels")
-    p.add_argument("--neck", choices=sorted(NECKS), default="fpn", help="fpn: top-down only; pan: + bottom-up")
-    p.add_argument("--neck-block", choices=["conv", "csp"], default="conv", help="neck fuse unit: 3x3 conv or CSP")
-    p.add_argument("--head-conv", choices=["depthwise", "full"], default="full",
-                   help="head branch convs: full 3x3 (YOLOX-S and up) or depthwise-separable (YOLOX-Nano; "
-                        "the default before 2026-11-28, used by the ablation)")
-    p.add_argument("--assigner", choices=["tal", "simple"], default="tal")
-    p.add_argument("--warmup-assigner-epochs", type=int, default=0,
-                   help="use the simple assigner for the first N epochs, then --assigner")
-    p.add_argument("--tal-topk", type=int, default=13, help="TAL: positives per GT")
-    p.add_argument("--tal-alpha", type=float, default=1.0, help="TAL: exponent of the class score")
-    p.add_argument("--tal-beta", type=float, default=6.0, help="TAL: exponent of the IoU")
-    p.add_argument("--box-loss", choices=sorted(BOX_LOSSES), default="giou")
-    p.add_argument("--cls-loss", choices=sorted(CLS_LOSSES), default="bce")
-    p.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
-    p.add_argument("--box-bins", type=int, default=0,
+    g.add_argument("--img-size", type=int, default=None, help="square input side; default: the dataset's image size")
+    g.add_argument("--strict", action="store_true", help="any problem row in the data is an error")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="tf_efficientnet_lite0", help="any timm model name")
+    g.add_argument("--weights", default=None, help="backbone weights file (timm or efficientnet_pytorch keys)")
+    g.add_argument("--unfreeze", type=int, default=2, help="train the last K backbone stages (0 frozen, -1 all)")
+    g.add_argument("--width", type=int, default=64, help="neck and head channels")
+    g.add_argument("--neck", choices=sorted(NECKS), default="fpn", help="fpn: top-down only; pan: + bottom-up")
+    g.add_argument("--neck-block", choices=["conv", "csp"], default="conv", help="neck fuse unit: 3x3 conv or CSP")
+    g.add_argument("--head-conv", choices=["depthwise", "full"], default="full",
+                   help="head branch convs: full 3x3 (YOLOX-S and up) or depthwise-separable (YOLOX-Nano)")
+    g.add_argument("--box-bins", type=int, default=0,
                    help="N > 0: predict each box side as a distribution over 0..N-1 strides, trained with "
                         "the distribution focal loss (GFL; YOLOv8: 16); 0: one softplus distance per side")
-    p.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
-    p.add_argument("--aug", choices=AUG_LEVELS, default="basic", help="train augmentation level")
-    p.add_argument("--no-aug", action="store_true", help="same as --aug none")
-    p.add_argument("--close-mosaic", type=int, default=2, help="with --aug strong: basic aug for the last N epochs")
-    p.add_argument("--ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
-    p.add_argument("--val-every", type=int, default=1)
-    p.add_argument("--out", default="runs", help="parent folder of run folders")
-    p.add_argument("--name", default="exp", help="run folder name (runs/NAME; runs/NAME-2 if taken)")
-    p.add_argument("--exist-ok", action="store_true", help="reuse runs/NAME even if it exists (overwrites)")
-    p.add_argument("--strict", action="store_true", help="any problem row in the data is an error")
-    p.add_argument("--max-bad-steps", type=int, default=10,
+
+    g = p.add_argument_group("the course's improvements: assignment, losses, augmentation, EMA")
+    g.add_argument("--assigner", choices=["tal", "simple"], default="tal")
+    g.add_argument("--warmup-assigner-epochs", type=int, default=0,
+                   help="use the simple assigner for the first N epochs, then --assigner")
+    g.add_argument("--tal-topk", type=int, default=13, help="TAL: positives per GT")
+    g.add_argument("--tal-alpha", type=float, default=1.0, help="TAL: exponent of the class score")
+    g.add_argument("--tal-beta", type=float, default=6.0, help="TAL: exponent of the IoU")
+    g.add_argument("--box-loss", choices=sorted(BOX_LOSSES), default="giou")
+    g.add_argument("--cls-loss", choices=sorted(CLS_LOSSES), default="bce")
+    g.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
+    g.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
+    g.add_argument("--aug", choices=AUG_LEVELS, default="basic", help="train augmentation level")
+    g.add_argument("--close-mosaic", type=int, default=2, help="with --aug strong: basic aug for the last N epochs")
+    g.add_argument("--ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
+
+    g = p.add_argument_group("run control")
+    g.add_argument("--epochs", type=int, default=80, help="epochs (with --time: the most epochs)")
+    g.add_argument("--time", type=float, default=None, metavar="MINUTES",
+                   help="train for this much training time (validation not counted); the LR schedule is "
+                        "re-planned after every epoch for the iterations that fit (the last epoch may be partial)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear LR warm-up length")
+    g.add_argument("--val-every", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="runs", help="parent folder of run folders")
+    g.add_argument("--name", default="exp", help="run folder name (runs/NAME; runs/NAME-2 if taken)")
+    g.add_argument("--exist-ok", action="store_true", help="reuse runs/NAME even if it exists (overwrites)")
+    g.add_argument("--resume", default=None, help="path of a last.pt to continue from")
+    g.add_argument("--max-bad-steps", type=int, default=10,
                    help="stop after this many consecutive steps with a non-finite loss")
-    p.add_argument("--resume", default=None, help="path of a last.pt to continue from")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes (default: 0 on CPU, where they slow training down; "
-                        "see default_workers)")
-    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: runtime.default_workers: none on CPU)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode every image once into memory (about 0.5 MB per 416 px image)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the training forward pass (default: on where the hardware "
-                        "supports it); validation and test follow evaluate.inference_amp")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast for the training forward pass (default: where the hardware has "
+                        "native bf16); validation and test follow runtime.inference_amp")
     return p.parse_args(argv)
 
 
@@ -171,60 +177,37 @@ def aug_for_epoch(epoch: int, total_epochs: int, args) -> str:
     return args.aug
 
 
-def new_run_dir(out: str, name: str, exist_ok: bool = False) -> Path:
-    """runs/NAME, or runs/NAME-2, -3 ... so an earlier run is never overwritten (unless ``exist_ok``)."""
-    path, k = Path(out) / name, 2
-    while path.exists() and not exist_ok:
-        path, k = Path(out) / f"{name}-{k}", k + 1
-    path.mkdir(parents=True, exist_ok=exist_ok)
-    return path
-
-
-class NonFiniteLoss(RuntimeError):
-    """Too many consecutive steps with a NaN/inf loss: training has diverged."""
-
-
 def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None,
                     max_bad_steps: int = 10, max_steps: int | None = None) -> dict:
-    """One pass over ``loader``, or its first ``max_steps`` batches (the last, partial epoch of a ``--time`` run)."""
+    """One pass over ``loader``, or its first ``max_steps`` batches (the last, partial epoch of a ``--time`` run).
+    Returns the mean losses of the epoch and its step counts."""
     model.train()
-    sums, n, skipped, bad_in_a_row = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0, 0, 0
+    guard, sums, n = NonFiniteGuard(max_bad_steps), {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
     # islice stops the loader after ``total`` batches without fetching one more.
     bar = tqdm(itertools.islice(loader, total), desc=f"epoch {epoch + 1}", total=total, leave=False)
     t0 = time.time()
     for images, targets in bar:
-        images = images.to(device, memory_format=torch.channels_last)
-        gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
-        # Forward in bf16 where supported; assigner and loss run in fp32 (they cast their inputs).
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(images)                              # (B,A,C) logits, (B,A,4) boxes, (A,2) points ...
+        # ---------------- the step: forward -> assign -> loss -> backward -> clip -> step
+        images = images.to(device, memory_format=torch.channels_last)                   # (B, 3, S, S)
+        gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))     # (B, M, 4), (B, M), (B, M)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):            # bf16 forward where native
+            out = model(images)                     # (B, A, C) logits, (B, A, 4) xyxy boxes, (A, 2) points ...
         # The assigner sees detached predictions: assignment is a choice, not something to backprop through.
         assignment = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points,
                               gt_labels, gt_boxes, gt_mask)
         losses = criterion(out.cls_logits, out.boxes, assignment, out.box_logits, out.points, out.strides)
-        if not torch.isfinite(losses["total"]):
-            # Skip the update (one bad batch must not poison the weights), but count: a run of them means
-            # training diverged (LR too high, broken data) and going on would only waste hours.
-            skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
-            ids = [t["image_id"] for t in targets]
-            tqdm.write(f"warning: non-finite loss {{{', '.join(f'{k}: {v.item():.3g}' for k, v in losses.items())}}}"
-                       f", step skipped (image ids {ids})")
-            if bad_in_a_row >= max_bad_steps:
-                raise NonFiniteLoss(f"{bad_in_a_row} consecutive steps had a non-finite loss (last image ids {ids}); "
-                                    "training has diverged. Try a lower --lr, or check the data with "
-                                    "`python data.py --check`. Resume from the last good last.pt.")
-            optimizer.zero_grad(set_to_none=True)
+        if not guard.finite(losses, targets):       # NaN/inf: no update, the LR schedule goes on
             scheduler.step()
             continue
-        bad_in_a_row = 0
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
         optimizer.step()
-        scheduler.step()
+        scheduler.step()                            # the LR changes every iteration
         if ema is not None:
             ema.update(model, step=scheduler.last_epoch)  # last_epoch counts iterations here
+        # ---------------- end of the step; the rest is bookkeeping
         n += 1
         for name, value in losses.items():  # total, cls, box (and dfl with --box-bins)
             key = "loss" if name == "total" else f"loss_{name}"
@@ -232,27 +215,16 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", cls=f"{sums['loss_cls'] / n:.3f}",
                         box=f"{sums['loss_box'] / n:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",
                         img_s=f"{n * loader.batch_size / (time.time() - t0):.1f}", refresh=False)
-    return {k: v / max(n, 1) for k, v in sums.items()} | {"skipped": skipped, "steps": n + skipped}
+    return {k: v / max(n, 1) for k, v in sums.items()} | {"skipped": guard.skipped, "steps": n + guard.skipped}
 
 
-# --------------------------------------------------------------------------- run set-up and bookkeeping
+# --------------------------------------------------------------------------- the run around the loop
 def build_datasets(args, root, class_names, mean, std):
     """Train (augmented, seeded), validation and test datasets."""
     def split(name, train):
         tf = build_transforms(args.img_size, train, mean, std, args.aug if train else "none")
         return DetectionDataset(root, name, tf, class_names, seed=args.seed, strict=args.strict, cache=args.cache)
     return split("train", True), split("validation", False), split("test", False)
-
-
-def write_metrics(rows: list[dict], run_dir: Path) -> None:
-    """metrics.csv (written to a temp file, then renamed: a kill never leaves half a file) and the plots."""
-    tmp = run_dir / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, run_dir / "metrics.csv")
-    plot_history(rows, run_dir)
 
 
 def test_best(model, run_dir, test_loader, device, args, class_names, rows, iters) -> dict:
@@ -278,25 +250,18 @@ def test_best(model, run_dir, test_loader, device, args, class_names, rows, iter
 
 # --------------------------------------------------------------------------- main
 def main(argv=None):
-    args = parse_args(argv)
-    ckpt = None
+    args, ckpt = parse_args(argv), None
     try:
         if args.resume:
-            ckpt = read_checkpoint(args.resume)
-            # Continue with exactly the settings it started with (defaults for flags added since).
-            args = argparse.Namespace(**(vars(parse_args([])) | ckpt["train_args"]))
-            args.resume = str(Path(ckpt["run_dir"]) / "last.pt")
+            args, ckpt = resume_args(args.resume, parse_args([]))  # exactly the settings it started with
         device = resolve_device(args.device)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    if args.amp is None:
-        args.amp = amp_supported(device)
-    if args.workers is None:
-        args.workers = default_workers(device)
-    if args.no_aug:
-        args.aug = "none"
+    args.amp = amp_supported(device) if args.amp is None else args.amp
+    args.workers = default_workers(device) if args.workers is None else args.workers
     seed_everything(args.seed)
 
+    # ---- data and model
     try:
         root = resolve_data_root(args.data)
         class_names = load_class_names(root)
@@ -314,13 +279,13 @@ def main(argv=None):
     print(f"[train] classes {class_names}; {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images; "
           f"{args.img_size} px; bf16 autocast {'on' if args.amp else 'off'}; "
           f"backbone {args.backbone}: {model.backbone.weights_source}")
-
     gen = torch.Generator().manual_seed(args.seed)
     train_loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=True, drop_last=True,
                                                collate_fn=collate, num_workers=args.workers, generator=gen)
     val_loader = torch.utils.data.DataLoader(val_ds, args.batch_size, collate_fn=collate, num_workers=args.workers)
     test_loader = torch.utils.data.DataLoader(test_ds, args.batch_size, collate_fn=collate, num_workers=args.workers)
 
+    # ---- optimizer, LR schedule, loss, EMA
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     iters = len(train_loader)
     scheduler = make_scheduler(optimizer, args.epochs * iters, max(1, int(args.warmup_epochs * iters)))
@@ -328,27 +293,15 @@ def main(argv=None):
     # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).
     ema = ModelEmaV3(model, decay=0.9998, use_warmup=True) if args.ema else None
     # planned_iters: --epochs worth, or with --time the iterations that fit (re-planned after every epoch).
-    start_epoch, best_map, rows, planned_iters = 0, -1.0, [], args.epochs * iters
     if ckpt is not None:
-        model.load_state_dict(ckpt["train_model"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_map, rows = ckpt["epoch"] + 1, ckpt["best_map"], ckpt["history"]
-        for r in rows:  # histories written before partial epochs existed: every epoch was whole
-            r.setdefault("steps", iters)
-        planned_iters = ckpt.get("planned_iters", ckpt.get("planned_epochs", args.epochs) * iters)
-        gen.set_state(ckpt["rng"]["loader"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        random.setstate(ckpt["rng"]["python"])
-        run_dir = Path(ckpt["run_dir"])
+        start_epoch, best_map, rows, planned_iters, run_dir = restore(ckpt, model, ema, optimizer, scheduler, gen)
         print(f"[train] resumed {args.resume} at epoch {start_epoch + 1}/{math.ceil(planned_iters / iters)}")
     else:
+        start_epoch, best_map, rows, planned_iters = 0, -1.0, [], args.epochs * iters
         run_dir = new_run_dir(args.out, args.name, args.exist_ok)
     print(f"[train] writing to {run_dir}")
 
+    # ---- the epochs
     epoch = start_epoch
     while epoch * iters < planned_iters:
         planned = math.ceil(planned_iters / iters)  # epochs, the last one possibly partial
@@ -363,7 +316,6 @@ def main(argv=None):
         except NonFiniteLoss as e:
             sys.exit(f"error: {e}")
         train_time = time.time() - t0
-        eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
         done = sum(r["steps"] for r in rows) + stats["steps"]  # iterations trained so far
         # --time: re-plan so the cosine ends at the last iteration that fits (not once the plan is complete).
         if args.time and done < planned_iters:
@@ -376,6 +328,7 @@ def main(argv=None):
                "val_map": "", "val_map50": "", "val_map75": ""}
         is_best = False
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == planned:
+            eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
             res, _ = evaluate(eval_model, val_loader, device, desc="val", amp=inference_amp(device))
             row.update(val_map=round(float(res["map"]), 5), val_map50=round(float(res["map_50"]), 5),
                        val_map75=round(float(res["map_75"]), 5))
@@ -384,19 +337,13 @@ def main(argv=None):
         rows.append(row)
         print(f"epoch {epoch + 1}/{planned}  loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} box "
               f"{row['loss_box']:.4f})  {train_time:.0f}s  val mAP {row['val_map']}  mAP50 {row['val_map50']}")
-        # "model" holds the weights to evaluate (the EMA when --ema); "train_model" the raw ones to resume.
-        # No GradScaler state: bfloat16 has fp32's exponent range, so it needs no loss scaling.
-        state = {"model": eval_model.state_dict(), "train_model": model.state_dict(),
-                 "ema": ema.module.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best_map": best_map, "history": rows,
-                 "rng": {"loader": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                         "python": random.getstate()},
-                 "planned_iters": planned_iters, "model_config": model.config, "class_names": class_names,
-                 "train_args": vars(args), "run_dir": str(run_dir)}
+        state = training_state(model, ema, optimizer, scheduler, gen, epoch, best_map, rows, planned_iters,
+                               class_names, args, run_dir)
         save_atomic(state, run_dir / "last.pt")
         if is_best:
             save_atomic(state, run_dir / "best.pt")
-        write_metrics(rows, run_dir)
+        write_csv(rows, run_dir / "metrics.csv")
+        plot_history(rows, run_dir)
         epoch += 1
 
     return test_best(model, run_dir, test_loader, device, args, class_names, rows, iters)

@@ -91,6 +91,14 @@ def test_checkpoint_holds_everything_to_resume(checkpoint):
     assert not list(checkpoint.parent.glob("*.tmp"))
 
 
+def test_checkpoint_of_another_version_is_a_clear_error_on_resume(checkpoint, tmp_path):
+    old = torch.load(checkpoint.parent / "last.pt", weights_only=False)
+    del old["planned_iters"], old["train_args"]["box_bins"]  # as a last.pt written before these existed
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(SystemExit, match="cannot be resumed by this train.py .*planned_iters, box_bins"):
+        train.main(["--resume", str(tmp_path / "old.pt")])
+
+
 def test_run_dir_not_overwritten(small_data, tmp_path):
     (tmp_path / "exp").mkdir()
     train.main(tiny_args(small_data, tmp_path, "exp", "--epochs", "1"))

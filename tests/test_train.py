@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
+import runtime
 import train
 from conftest import make_dataset
 
 
 def run_args(root, out, *extra):
-    """No --workers: these runs take train.py's default (no loader workers on CPU, train.default_workers)."""
+    """No --workers: these runs take train.py's default (no loader workers on CPU, runtime.default_workers)."""
     return ["--data", str(root), "--out", str(out), "--seed", "0", *extra]
 
 
@@ -62,8 +63,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 
 def test_new_run_dir_never_overwrites(tmp_path):
-    first = train.new_run_dir(str(tmp_path), "exp")
-    second = train.new_run_dir(str(tmp_path), "exp")
+    first = runtime.new_run_dir(str(tmp_path), "exp")
+    second = runtime.new_run_dir(str(tmp_path), "exp")
     assert first.name == "exp" and second.name == "exp-2"
 
 
