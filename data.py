@@ -14,19 +14,12 @@ Course section: "Dataset & augmentations". The course dataset is Roboflow-100's
 Category id 0 is Roboflow's super-category placeholder ("enemies", ...) that no
 box uses, so the model's class ``k`` is the dataset's category ``k + 1``.
 
-What this module does, in data-flow order:
-
-1. ``resolve_data_root`` finds a dataset ($DETECTION_DATA -> ./data clone ->
-   hub download -> the offline stand-in in ../shared) and says which one.
-2. ``read_split`` reads the parquet rows and converts every box ONCE from COCO
-   xywh to xyxy pixels, checking each row: bad boxes are dropped, boxes crossing
-   the border clipped, unreadable images skipped, one warning line each
-   (``strict=True``: a ``DataError`` naming the file and row instead).
-   ``python data.py --check`` lists every problem without training.
-3. ``DetectionDataset`` decodes an image, runs an albumentations pipeline built
-   by ``build_transforms`` and returns ``(image (3,S,S) float, target dict)``.
-4. ``collate`` stacks a batch; ``pad_targets`` turns the per-image target
-   lists into the padded ``(B, M, ...)`` tensors the assigner wants.
+In data-flow order: ``parse_row`` converts every box ONCE from COCO xywh to xyxy
+pixels (checking it on the way, datacheck.py); ``DetectionDataset`` decodes an image
+and runs the albumentations pipeline of ``build_transforms`` (letterbox + augment);
+``collate`` stacks a batch and ``pad_targets`` pads its boxes to ``(B, M, ...)`` for
+the assigner. ``boxes_to_image`` is the way back, from the network frame to the
+image's own pixels. (Which dataset to use: sources.py.)
 
 Differences from the course notebook:
 
@@ -40,7 +33,6 @@ Differences from the course notebook:
 from __future__ import annotations
 
 import glob
-import io
 import random
 import sys
 from dataclasses import dataclass
@@ -52,8 +44,8 @@ import numpy as np
 import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 
+from datacheck import Problem, check_boxes, check_image, check_objects, report
 from sources import DataError
 
 # Class names of the course dataset, used when a dataset has no card. Index = model class id.
@@ -100,77 +92,26 @@ class Record:
     where: str          # "file.parquet row 12 (image_id 34)", for messages
 
 
-@dataclass
-class Problem:
-    """Something wrong with a row. ``fatal``: data had to be thrown away (a box or the whole image);
-    otherwise it was repaired (clipped). With ``strict`` every problem is an error."""
-    where: str
-    what: str
-    fatal: bool
-
-    def __str__(self):
-        return f"{self.where}: {self.what}"
-
-
 def coco_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     """(N, 4) COCO [x, y, w, h] -> (N, 4) [x1, y1, x2, y2]."""
     xywh = np.asarray(xywh, dtype=np.float32).reshape(-1, 4)
     return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
 
-def image_header_size(data: bytes | None) -> tuple[int, int] | None:
-    """(width, height) read from the image header only (fast), or None if the bytes are not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:
-        return None
-
-
 def parse_row(row: dict, num_classes: int, where: str) -> tuple[Record | None, list[Problem]]:
-    """Check one parquet row and convert it. Bad boxes are dropped, boxes crossing the border clipped;
-    an unusable image gives ``None``. Every such decision is returned as a Problem."""
-    problems = []
-    img = row["image"]
-    data = img.get("bytes") if isinstance(img, dict) else None
-    size = image_header_size(data)
-    if size is None:
-        return None, [Problem(where, "image bytes could not be decoded (image skipped)", True)]
-    w, h = size
-    if (row.get("width"), row.get("height")) != (w, h):
-        problems.append(Problem(where, f"width/height columns say {row.get('width')}x{row.get('height')}, "
-                                       f"the image is {w}x{h} (the image's size is used)", False))
-    objs = row["objects"] if row["objects"] is not None else {}
-    bbox, cats = list(objs.get("bbox", [])), np.asarray(objs.get("category", []), dtype=np.int64).reshape(-1)
-    try:
-        xywh = np.array([np.asarray(b, dtype=np.float32) for b in bbox], dtype=np.float32).reshape(len(bbox), 4)
-    except ValueError:
-        return None, problems + [Problem(where, "bbox entries are not 4 numbers [x, y, w, h] (image skipped)", True)]
-    if len(cats) != len(xywh):
-        return None, problems + [Problem(where, f"{len(xywh)} boxes but {len(cats)} categories (image skipped)", True)]
-    labels = cats - FIRST_CATEGORY_ID  # 1-based dataset category -> 0-based model class
-    boxes = coco_to_xyxy(xywh)
-    keep = np.ones(len(boxes), bool)
-    for k in range(len(boxes)):
-        if not np.isfinite(xywh[k]).all() or xywh[k, 2] <= 0 or xywh[k, 3] <= 0:
-            problems.append(Problem(where, f"box {k} {xywh[k].tolist()} has non-positive width/height "
-                                           "(COCO x, y, w, h; box dropped)", True))
-            keep[k] = False
-        elif not 0 <= labels[k] < num_classes:
-            problems.append(Problem(where, f"box {k}: category id {int(cats[k])} is outside the class list "
-                                           f"(valid: 1..{num_classes}; box dropped)", True))
-            keep[k] = False
-    inside = boxes.copy()
-    inside[:, 0::2] = inside[:, 0::2].clip(0, w)
-    inside[:, 1::2] = inside[:, 1::2].clip(0, h)
-    for k in np.nonzero(keep)[0]:
-        if np.abs(inside[k] - boxes[k]).max() > 1:  # more than rounding noise outside the image
-            gone = inside[k, 2] - inside[k, 0] < 1 or inside[k, 3] - inside[k, 1] < 1
-            problems.append(Problem(where, f"box {k} {boxes[k].round(1).tolist()} (xyxy) lies "
-                                           f"{'entirely' if gone else 'partly'} outside the {w}x{h} image "
-                                           f"({'dropped' if gone else 'clipped'})", bool(gone)))
-            keep[k] &= not gone
-    return Record(int(row["image_id"]), data, inside[keep], labels[keep], where), problems
+    """One parquet row -> Record: COCO xywh -> xyxy pixels and 1-based category -> 0-based label, ONCE.
+
+    Every row is checked on the way (datacheck.py): bad boxes are dropped, boxes crossing the border
+    clipped, an unusable image gives ``None``; each such decision comes back as a Problem."""
+    size, problems = check_image(row, where)                       # (W, H) from the image header
+    objects, found = check_objects(row, where) if size else (None, [])
+    if objects is None:
+        return None, problems + found
+    xywh, cats = objects                                            # (N, 4) COCO boxes, (N,) categories
+    boxes = coco_to_xyxy(xywh)                                      # (N, 4) xyxy pixels
+    labels = cats - FIRST_CATEGORY_ID                               # (N,) 0-based model classes
+    keep, boxes, found = check_boxes(xywh, cats, boxes, labels, size, num_classes, where)
+    return Record(int(row["image_id"]), row["image"]["bytes"], boxes[keep], labels[keep], where), problems + found
 
 
 def split_files(root: Path, split: str) -> list[str]:
@@ -204,17 +145,10 @@ def scan_split(root: Path, split: str, num_classes: int) -> tuple[list[Record], 
 
 
 def read_split(root: Path, split: str, num_classes: int, strict: bool = False) -> list[Record]:
-    """The usable Records of a split. Problems are printed one line each plus a summary;
-    with ``strict`` the first problem raises a DataError naming the file and row instead."""
+    """The usable Records of a split; its problems are reported (``datacheck.report``), or with ``strict``
+    the first one raises a DataError naming the file and row."""
     records, problems = scan_split(root, split, num_classes)
-    if problems and strict:
-        raise DataError(f"{problems[0]}  [--strict: fix the row or train without --strict]")
-    for p in problems:
-        print(f"[data] warning: {p}", file=sys.stderr)
-    if problems:
-        dropped = sum(p.fatal for p in problems)
-        print(f"[data] {split}: {len(problems)} problem(s), {dropped} box(es)/image(s) dropped, "
-              f"{len(problems) - dropped} repaired; `python data.py --check` lists them", file=sys.stderr)
+    report(problems, split, strict)
     return records
 
 

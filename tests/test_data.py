@@ -175,7 +175,7 @@ def test_unreadable_image_bytes(tmp_path, capsys):
 
 def test_truncated_image_is_skipped_by_the_loader(tmp_path, capsys):
     broken = good_jpeg()[:1000]  # a valid header, a cut-off body: only decoding finds out
-    assert data.image_header_size(broken) == (64, 64)
+    assert datacheck.image_header_size(broken) == (64, 64)
     root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
     ds = data.DetectionDataset(root, "train", data.build_transforms(64, False, MEAN, STD), ["a", "b"])
     image, target = ds[1]
