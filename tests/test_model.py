@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from backbone import Backbone, lite0_package_weights, lukemelas_to_timm
+from backbone import Backbone, lukemelas_to_timm, package_weights
 from detector import Detector
 from speed import depthwise_in_fp32, fuse_conv_bn
 from head import DecoupledHead, decode, distribution_to_distance, encode, make_anchor_points
@@ -15,13 +15,24 @@ def lite0():
 
 
 def test_lite0_package_weights_load_strictly(lite0):
-    state = torch.load(lite0_package_weights(), map_location="cpu", weights_only=True)
+    state = torch.load(package_weights("tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
     mapped = lukemelas_to_timm(state, lite0.body)
     result = lite0.body.load_state_dict(mapped, strict=False)
     assert result.missing_keys == [] and result.unexpected_keys == []
     # The loaded tensors really are the package's (not a random init that happens to have the same keys).
     torch.testing.assert_close(lite0.body.state_dict()["blocks.6.0.conv_pwl.weight"], state["_blocks.15._project_conv.weight"])
     assert "ImageNet" in lite0.weights_source
+
+
+@pytest.mark.parametrize("name, last_block", [("tf_efficientnet_lite1", 20), ("tf_efficientnet_lite2", 20)])
+def test_lite1_lite2_package_weights_load_strictly(name, last_block):
+    """Lite1 / Lite2 ship in packages of the same layout: the same key mapping loads them strictly
+    (``Backbone`` loads with strict=True, so building it is the check), and the tensors are the package's."""
+    bb = Backbone(name, pretrained=True, unfreeze_last=2)
+    state = torch.load(package_weights(name), map_location="cpu", weights_only=True)
+    assert bb.weights_source == f"ImageNet weights from {package_weights(name)}"
+    torch.testing.assert_close(bb.body.state_dict()["blocks.6.0.conv_pwl.weight"],
+                               state[f"_blocks.{last_block}._project_conv.weight"])
 
 
 @pytest.mark.parametrize("size", [(128, 128), (160, 224), (416, 416)])
