@@ -70,6 +70,7 @@ def test_pr_figure():
     rendered(plot_pr_curves(metric.compute(), ["a", "b"]))
 
 
+@pytest.mark.slow
 def test_visualize_script_writes_every_figure(tmp_path):
     from conftest import make_dataset
     import train

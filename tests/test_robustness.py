@@ -40,6 +40,7 @@ def read_rows(path):
     return list(csv.DictReader(open(path)))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume(small_data, tmp_path):
     cmd = [sys.executable, "train.py", *tiny_args(small_data, tmp_path, "killed", "--epochs", "8")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -62,6 +63,7 @@ def test_sigkill_mid_training_then_resume(small_data, tmp_path):
     assert all(a > b for a, b in zip(lrs, lrs[1:])), lrs
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses(small_data, tmp_path):
     for name in ("a", "b"):
         train.main(tiny_args(small_data, tmp_path, name, "--epochs", "2", "--seed", "3"))
@@ -71,6 +73,7 @@ def test_same_seed_same_losses(small_data, tmp_path):
     assert read_rows(tmp_path / "c" / "metrics.csv")[0]["loss"] != a[0]["loss"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_skips_then_stops(small_data, tmp_path, monkeypatch, capsys):
     class NanLoss(train.DetectionLoss):
         def forward(self, *a):
@@ -83,6 +86,7 @@ def test_non_finite_loss_skips_then_stops(small_data, tmp_path, monkeypatch, cap
     assert "step skipped (image ids" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_everything_to_resume(checkpoint):
     ckpt = torch.load(checkpoint, weights_only=False)
     for key in ("model", "train_model", "optimizer", "scheduler", "epoch", "rng", "model_config", "class_names",
@@ -91,6 +95,7 @@ def test_checkpoint_holds_everything_to_resume(checkpoint):
     assert not list(checkpoint.parent.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_version_is_a_clear_error_on_resume(checkpoint, tmp_path):
     old = torch.load(checkpoint.parent / "last.pt", weights_only=False)
     del old["planned_iters"], old["train_args"]["box_bins"]  # as a last.pt written before these existed
@@ -99,12 +104,14 @@ def test_checkpoint_of_another_version_is_a_clear_error_on_resume(checkpoint, tm
         train.main(["--resume", str(tmp_path / "old.pt")])
 
 
+@pytest.mark.slow
 def test_run_dir_not_overwritten(small_data, tmp_path):
     (tmp_path / "exp").mkdir()
     train.main(tiny_args(small_data, tmp_path, "exp", "--epochs", "1"))
     assert (tmp_path / "exp-2" / "last.pt").exists() and not (tmp_path / "exp" / "last.pt").exists()
 
 
+@pytest.mark.slow
 # --------------------------------------------------------------------------- evaluate.py for users
 def test_evaluate_cli_metrics_pr_json_and_drawings(checkpoint, small_data, tmp_path, capsys):
     evaluate.main(["--checkpoint", str(checkpoint), "--data", str(small_data), "--save-json", str(tmp_path / "d.json"),
@@ -116,6 +123,7 @@ def test_evaluate_cli_metrics_pr_json_and_drawings(checkpoint, small_data, tmp_p
     assert len(list((tmp_path / "draw").glob("*.png"))) == 1
 
 
+@pytest.mark.slow
 def test_evaluate_on_own_image_files(checkpoint, tmp_path, capsys):
     img = (torch.rand(90, 150, 3) * 255).byte().numpy()
     (tmp_path / "a_broken.png").write_bytes(b"not an image")  # unreadable: skipped with a warning
@@ -135,6 +143,7 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path, make, message, small_data):
         evaluate.main(["--checkpoint", str(make(tmp_path)), "--data", str(small_data)])
 
 
+@pytest.mark.slow
 def test_checkpoint_from_other_class_count(checkpoint, tmp_path):
     other = make_dataset(tmp_path, sizes={"train": 1, "validation": 1, "test": 1}, image_size=64)
     (other / "README.md").unlink()  # no card: falls back to Halo's 4 classes
@@ -142,6 +151,7 @@ def test_checkpoint_from_other_class_count(checkpoint, tmp_path):
         evaluate.main(["--checkpoint", str(checkpoint), "--data", str(other)])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error(checkpoint, small_data, tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU"):

@@ -226,6 +226,7 @@ def test_time_budget_replans_iterations():
     assert train.iters_that_fit(10.0, 100, budget_s=105, max_iters=8000) == 1050   # not rounded to epochs
 
 
+@pytest.mark.slow
 def test_time_flag_stops_within_budget(tmp_path):
     root = make_dataset(tmp_path / "d", sizes={"train": 24, "validation": 2, "test": 2}, image_size=64)
     train.main(["--data", str(root), "--out", str(tmp_path), "--name", "t", "--workers", "0", "--epochs", "50",
@@ -266,6 +267,7 @@ def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
     assert seen > 20
 
 
+@pytest.mark.slow
 # --------------------------------------------------------------------------- EMA, other backbones
 def test_ema_weights_are_evaluated_and_saved(tmp_path):
     root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
@@ -277,6 +279,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])
 
 
+@pytest.mark.slow
 def test_head_switches_train_and_reload(tmp_path):
     """--box-bins trains a distribution head and --head-conv depthwise depthwise-separable branch convs; the
     checkpoint rebuilds the same head for evaluation."""

@@ -15,6 +15,7 @@ def run_args(root, out, *extra):
     return ["--data", str(root), "--out", str(out), "--seed", "0", *extra]
 
 
+@pytest.mark.slow
 def test_training_finds_rectangles(tiny_dataset, tmp_path):
     """~200 optimiser steps on 48 images: the loss must fall clearly and test mAP50 be far above chance."""
     res = train.main(run_args(tiny_dataset, tmp_path, "--epochs", "34", "--batch-size", "8", "--img-size", "128",
@@ -34,6 +35,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "data", sizes={"train": 16, "validation": 4, "test": 4}, image_size=64)
     common = ["--epochs", "3", "--batch-size", "8", "--img-size", "64"]
