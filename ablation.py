@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 
 DEFAULT_ROW = "+aug basic (default)"
-# Every row was measured with the depthwise-separable head and 2 loader workers, train.py's defaults
-# until 2026-11-28; both are pinned so that the committed table stays reproducible (the workers change
-# no image, but how many steps fit in --time). RESULTS.md section 4 measures the full 3x3 head and
-# 0 workers (the defaults since) against them.
+# Every row was measured with the depthwise-separable head and 2 loader workers; both are pinned so that
+# the committed table stays reproducible whatever train.py's defaults are (the workers change no image,
+# but how many steps fit in --time). RESULTS.md section 4 compares the head and the workers.
 PINNED = "--head-conv depthwise --workers 2"
 ROWS = [  # (name, train.py flags)
     ("baseline", "--assigner simple --box-loss iou --aug none"),

@@ -5,8 +5,9 @@
     python benchmark.py --sizes 416 --no-fp32-depthwise   # trainable depthwise convs in bf16 too
 
 Precision follows the repo: training columns under bf16 autocast where the CPU has native bf16
-(``--amp``, as train.py), inference columns in fp32 on CPU (``--infer-amp``, as evaluate.py: on this
-CPU fp32 inference is the faster one, see ``evaluate.inference_amp``).
+(``--amp``, as train.py), inference columns in fp32 on CPU (``--infer-amp``, as evaluate.py: on a
+CPU fp32 inference is the faster one, see ``runtime.inference_amp``). The measures of ``speed.py``
+(fp32 depthwise convs in training, BN folding for inference) are switched here to measure them.
 
 A training step can't be faster than the backbone's forward + backward (with the same frozen /
 trainable blocks); everything else (neck, head, assigner, loss, optimizer) is overhead on top of

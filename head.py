@@ -24,10 +24,8 @@ Differences from the paper:
   "General Distribution"; YOLOv8 uses n = 16), trained with losses.distribution_focal_loss.
 - Width 64, not the paper's 256: on a CPU a 256-channel head at stride 8 costs more
   than the whole backbone. The branch convs are the paper's plain 3x3 convs;
-  ``depthwise=True`` (``train.py --head-conv depthwise``, YOLOX-Nano's setting and this
-  repo's default until 2026-11-28) makes them depthwise-separable. Measured here: the full
-  convs make a training step ~20 % dearer and still gain +0.038 test mAP after 20 minutes
-  of training (RESULTS.md, section 4).
+  ``depthwise=True`` (``train.py --head-conv depthwise``, YOLOX-Nano's setting) makes them
+  depthwise-separable; RESULTS.md section 4 compares the two.
 """
 from __future__ import annotations
 

@@ -62,11 +62,10 @@ def model_from_checkpoint(ckpt: dict, device="cpu", fuse: bool = True, bf16: boo
 def inference_amp(device) -> bool:
     """Whether inference (validation, test, deployment) runs under bf16 autocast: on CUDA only.
 
-    On this CPU, which has native bf16, the model's inference is still *faster in fp32*
-    (``python benchmark.py`` vs ``--infer-amp``: 32 vs 38 ms at 416 px, batch 1, BN folded):
-    its depthwise convs and small feature maps gain nothing from bf16 arithmetic, while the data still
-    has to be converted. Training keeps bf16 autocast, where batch-16 forward + backward is ~7 % faster.
-    fp32 is also exact: bf16 moved test mAP by a few thousandths."""
+    On a CPU, even one with native bf16, batch-1 inference is *faster in fp32* (``python benchmark.py``
+    against ``--infer-amp``; RESULTS.md section 5): its depthwise convs and small feature maps gain
+    nothing from bf16 arithmetic, while the data still has to be converted. Training keeps bf16 autocast,
+    where the batch-16 forward + backward gains. fp32 is also exact: the mAP a user reproduces."""
     return torch.device(device).type == "cuda"
 
 
@@ -102,8 +101,8 @@ def default_workers(device: torch.device) -> int:
     wait for their slowest thread, so a worker that takes a core for augmentation stalls the whole step
     (workers are also forked anew each epoch, and the first steps after a fork are the slowest). Loading
     in this process is cheap: with ``--cache`` the images are decoded already, only augmentation is left.
-    On this 2-core machine, ``python benchmark.py --sizes 416 --workers 2`` and ``--workers 0``: training
-    loop 9.3 against 10.7 img/s (README, Speed). On CUDA the loader runs beside the GPU and workers hide it.
+    ``python benchmark.py --sizes 416 --workers 2`` against ``--workers 0`` measures it (RESULTS.md
+    section 5). On CUDA the loader runs beside the GPU and workers hide it.
     """
     return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
 

@@ -36,11 +36,10 @@ def depthwise_in_fp32(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Make every *trainable* depthwise conv (groups == in_channels) ignore bf16 autocast
     (``enabled=False`` undoes it: ``python benchmark.py --no-fp32-depthwise`` measures the difference).
 
-    Why: on CPU (oneDNN, torch 2.14) the backward of a depthwise conv is several times slower in bf16 than in
-    fp32: at 416 px, batch 16, the 5x5 depthwise convs of EfficientNet's last stage (13x13 maps) took
-    ~0.55 s, a third of a training step, in bf16 and ~0.12 s in fp32 (torch.profiler). benchmark.py's
-    train step, with and without ``--no-fp32-depthwise`` back to back: 85.5 against 100.2 ms/img.
-    The forward of the large frozen early maps stays in bf16, where it is faster, and so does inference
+    Why: on CPU (oneDNN) the backward of a depthwise conv on small maps is several times slower in bf16
+    than in fp32; for EfficientNet's last, trainable stage (5x5 depthwise convs on 13x13 maps at 416 px)
+    that was a third of the training step (RESULTS.md section 5; ``python benchmark.py`` with and without
+    ``--no-fp32-depthwise`` measures it). The forward of the large frozen early maps stays in bf16, where it is faster, and so does inference
     (no backward there), so validation, evaluation and ``fuse_conv_bn`` see no change.
     The class of each such conv is swapped in place for a subclass (``_fp32_class``): parameters,
     state-dict keys and checkpoints are unchanged; only the precision of that one op is.
@@ -60,7 +59,7 @@ def fuse_conv_bn(model: nn.Module, bf16: bool = False) -> nn.Module:
     In eval mode BN is a fixed per-channel affine map, ``y = gamma * (x - mean) / sqrt(var + eps) + beta``,
     so ``BN(conv(x; W, b)) == conv(x; W', b')`` with ``W' = W * gamma / sqrt(var + eps)`` (per output
     channel) and ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` (torch's ``fuse_conv_bn_eval``).
-    One memory pass less per conv: on this CPU about 15% of batch-1 inference (see benchmark.py).
+    One memory pass less per conv (``python benchmark.py``'s "fused b1" column against "infer b1").
 
     Pairs are found in module registration order, which in the timm backbone and in neck/head
     (``ConvBNAct``) is also the order of execution; tests/test_model.py checks the outputs are unchanged.

@@ -269,7 +269,7 @@ def main(argv=None):
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
                          unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block,
                          depthwise_head=args.head_conv == "depthwise", box_bins=args.box_bins)
-        # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels (~10% on this CPU);
+        # channels_last (NHWC) lets oneDNN / cuDNN pick faster convolution kernels;
         # trainable depthwise convs skip bf16 autocast, whose backward is slow for them (speed.py).
         model = depthwise_in_fp32(model.to(device, memory_format=torch.channels_last))
         mean, std = model.backbone.mean, model.backbone.std

@@ -49,8 +49,8 @@ def test_unknown_row_name_is_a_clear_error(two_seeds, capsys):
 
 
 def test_rows_keep_the_settings_they_were_measured_with(tmp_path):
-    """The committed table was measured with the depthwise head and 2 loader workers (the defaults before
-    2026-11-28): every row's train.py command must still ask for them, whatever train.py's defaults are now."""
+    """The committed table was measured with the depthwise head and 2 loader workers: every row's train.py
+    command must still ask for them, whatever train.py's defaults are."""
     import argparse
     import train
     args = argparse.Namespace(time=10, seed=0, img_size=416)

@@ -150,7 +150,7 @@ def test_bad_rows_default_warn_and_repair(tmp_path, kind, capsys):
     # The loader then serves the row without crashing.
     ds = data.DetectionDataset(root, "train", data.build_transforms(64, True, MEAN, STD), ["a", "b"])
     assert ds[1][1]["boxes"].shape == (left, 4)
-    # data.py --check lists it and fails only when data had to be thrown away.
+    # datacheck.py lists it and fails only when data had to be thrown away.
     with pytest.raises(SystemExit) if fatal else _no_exit():
         datacheck.main(["--data", str(root)])
     assert message in capsys.readouterr().out
