@@ -39,12 +39,12 @@ import time
 import torch
 
 from assign import TaskAlignedAssigner
-from data import DetectionDataset, build_transforms, collate, load_class_names, pad_targets
+from data import DetectionDataset, build_transforms, collate, pad_targets
 from detector import Detector
 from evaluate import postprocess
 from losses import DetectionLoss
 from runtime import amp_supported, default_workers, inference_amp, load_checkpoint
-from sources import resolve_data_root
+from sources import load_class_names, resolve_data_root
 from speed import depthwise_in_fp32, fuse_conv_bn
 from train import make_optimizer
 

@@ -20,8 +20,8 @@ import pandas as pd
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import FIRST_CATEGORY_ID, DataError, load_class_names, split_files
-from sources import resolve_data_root
+from data import FIRST_CATEGORY_ID, DataError, split_files
+from sources import load_class_names, resolve_data_root
 
 
 def coco_ground_truth(root, split: str = "test") -> COCO:

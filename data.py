@@ -46,39 +46,13 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from datacheck import Problem, check_boxes, check_image, check_objects, report
-from sources import DataError
+from sources import DataError, load_class_names
 
-# Class names of the course dataset, used when a dataset has no card. Index = model class id.
-HALO_CLASSES = ["enemy", "enemy-head", "friendly", "friendly-head"]
 SPLITS = ("train", "validation", "test")
 PAD_VALUE = 114  # grey letterbox border, as YOLOX/YOLOv5 use
 # RF100 categories are 1-based: id 0 is the super-category placeholder no box uses.
 # Model class k  <->  dataset category k + FIRST_CATEGORY_ID (parse_row one way, COCO export the other).
 FIRST_CATEGORY_ID = 1
-
-
-def load_class_names(root: Path) -> list[str]:
-    """Model class names (0-based) from the dataset card's YAML header, without the id-0 placeholder.
-
-    Falls back to the Halo names when the card is missing or has no ``class_label``.
-    """
-    import yaml
-
-    card = Path(root) / "README.md"
-    if card.exists():
-        text = card.read_text(encoding="utf-8")
-        if text.startswith("---"):
-            header = yaml.safe_load(text.split("---")[1])
-            for feat in (header or {}).get("dataset_info", {}).get("features", []):
-                if feat.get("name") != "objects":
-                    continue
-                for sub in feat.get("sequence", []):
-                    names = sub.get("dtype", {}).get("class_label", {}).get("names") if isinstance(
-                        sub.get("dtype"), dict) else None
-                    if names:
-                        ids = sorted(int(k) for k in names)
-                        return [names[str(i)] if str(i) in names else names[i] for i in ids if i > 0]
-    return list(HALO_CLASSES)
 
 
 # --------------------------------------------------------------------------- reading rows

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from losses import box_iou
-from sources import DataError, resolve_data_root
+from sources import DataError, load_class_names, resolve_data_root
 
 @dataclass
 class Problem:
@@ -174,7 +174,7 @@ def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8, im
 def main(argv=None):
     import timm
 
-    from data import AUG_LEVELS, DetectionDataset, build_transforms, dataset_image_size, load_class_names
+    from data import AUG_LEVELS, DetectionDataset, build_transforms, dataset_image_size
 
     p = argparse.ArgumentParser(description="Inspect a parquet detection dataset: statistics and problem rows "
                                             "(default), or a picture of augmented samples (--show-aug).")

@@ -33,12 +33,11 @@ import torchvision
 from torchmetrics.detection import MeanAveragePrecision
 from tqdm import tqdm
 
-from data import (FIRST_CATEGORY_ID, DataError, DetectionDataset, boxes_to_image, build_transforms, collate,
-                  load_class_names)
+from data import FIRST_CATEGORY_ID, DataError, DetectionDataset, boxes_to_image, build_transforms, collate
 from metrics import best_match_ious, format_ious, format_results, metrics_summary
 from nms_variants import box_voting, fuse_passes, predict_passes, soft_nms
 from runtime import CheckpointError, inference_amp, model_from_checkpoint, read_checkpoint, resolve_device, round_to_stride
-from sources import resolve_data_root
+from sources import load_class_names, resolve_data_root
 
 
 NMS_METHODS = ("nms", "soft-nms", "wbf")

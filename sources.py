@@ -7,7 +7,7 @@
 3. a download of that repo with ``huggingface_hub`` (only when the hub answers within seconds);
 4. the offline stand-in ``../shared/data/valorant-object-detection`` (same parquet layout).
 
-``hub_reachable`` is the one network probe; backbone.py asks it before timm's weight download, and the
+``load_class_names`` reads a dataset's class names from its card. ``hub_reachable`` is the one network probe; backbone.py asks it before timm's weight download, and the
 tests replace it (``tests/conftest.py``) so they behave the same with and without a network.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 HF_DATASET = "Francesco/halo-infinite-angel-videogame"
 # Where `git clone https://huggingface.co/datasets/<HF_DATASET>` puts the course data.
 LOCAL_CLONE = Path("data") / "halo-infinite-angel-videogame"
+# Class names of the course dataset, used when a dataset has no card. Index = model class id.
+HALO_CLASSES = ["enemy", "enemy-head", "friendly", "friendly-head"]
 # The offline stand-in (same parquet layout), next to the repo.
 OFFLINE_STANDIN = Path(__file__).resolve().parent.parent / "shared" / "data" / "valorant-object-detection"
 
@@ -90,3 +92,27 @@ def resolve_data_root(data: str | None = None, verbose: bool = True) -> Path:
     raise DataError("no dataset found. Tried:\n  - " + "\n  - ".join(tried) +
                     f"\nGet the data with `git clone https://huggingface.co/datasets/{HF_DATASET} {LOCAL_CLONE}` "
                     "or pass --data DIR (a folder holding data/train-*.parquet).")
+
+
+def load_class_names(root: Path) -> list[str]:
+    """Model class names (0-based) from the dataset card's YAML header, without the id-0 placeholder.
+
+    Falls back to the Halo names when the card is missing or has no ``class_label``.
+    """
+    import yaml
+
+    card = Path(root) / "README.md"
+    if card.exists():
+        text = card.read_text(encoding="utf-8")
+        if text.startswith("---"):
+            header = yaml.safe_load(text.split("---")[1])
+            for feat in (header or {}).get("dataset_info", {}).get("features", []):
+                if feat.get("name") != "objects":
+                    continue
+                for sub in feat.get("sequence", []):
+                    names = sub.get("dtype", {}).get("class_label", {}).get("names") if isinstance(
+                        sub.get("dtype"), dict) else None
+                    if names:
+                        ids = sorted(int(k) for k in names)
+                        return [names[str(i)] if str(i) in names else names[i] for i in ids if i > 0]
+    return list(HALO_CLASSES)

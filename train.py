@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from assign import SimpleAssigner, TaskAlignedAssigner
 from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
-                  load_class_names, pad_targets)
+                  pad_targets)
 from detector import Detector
 from evaluate import evaluate
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
@@ -44,7 +44,7 @@ from neck import NECKS
 from runtime import (CheckpointError, NonFiniteGuard, NonFiniteLoss, amp_supported, default_workers, inference_amp,
                      new_run_dir, restore, resume_args, resolve_device, round_to_stride, save_atomic, training_state,
                      write_csv)
-from sources import resolve_data_root
+from sources import load_class_names, resolve_data_root
 from speed import depthwise_in_fp32, fuse_conv_bn
 from visualize import plot_history, plot_pr_curves
 

@@ -33,13 +33,13 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from tqdm import tqdm
 
 from assign import Assignment, SimpleAssigner, TaskAlignedAssigner, target_stats
-from data import DataError, DetectionDataset, build_transforms, collate, load_class_names, pad_targets
+from data import DataError, DetectionDataset, build_transforms, collate, pad_targets
 from detector import build_detector
 from evaluate import postprocess
 from head import make_anchor_points
 from metrics import ap_at_iou, precision_curve
 from runtime import CheckpointError, load_checkpoint
-from sources import resolve_data_root
+from sources import load_class_names, resolve_data_root
 
 
 # --------------------------------------------------------------------------- drawing functions

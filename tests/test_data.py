@@ -12,11 +12,11 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 def test_class_names_from_card_drop_placeholder(tiny_dataset):
-    assert data.load_class_names(tiny_dataset) == ["box-red", "box-blue"]
+    assert sources.load_class_names(tiny_dataset) == ["box-red", "box-blue"]
 
 
 def test_class_names_fall_back_to_halo(tmp_path):
-    assert data.load_class_names(tmp_path) == data.HALO_CLASSES
+    assert sources.load_class_names(tmp_path) == sources.HALO_CLASSES
 
 
 def test_boxes_are_xyxy_and_labels_zero_based(tmp_path):
