@@ -213,7 +213,7 @@ class DetectionDataset(torch.utils.data.Dataset):
       dataset's own id, pixels and boxes, untouched by the transform (what evaluation scores against)."""
 
     def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None,
-                 seed: int = 0, strict: bool = False, cache: bool = False):
+                 seed: int = 0, strict: bool = False, cache: bool = True):
         self.root, self.strict = Path(root), strict
         self.class_names = class_names or load_class_names(self.root)
         self.records = read_split(self.root, split, len(self.class_names), strict)
@@ -226,7 +226,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _decode_all(self) -> list[np.ndarray]:
         """``cache=True``: decode every image once, up front (a few seconds), instead of once per epoch.
         DataLoader workers are forked from this process, so they share these arrays without copying.
-        Images that fail to decode are dropped here (an error with ``strict``)."""
+        Images whose bytes have a valid header but a broken body are found only here, and dropped with
+        a warning (an error with ``strict``); without the cache such an image is an error when it is read."""
         images, kept = [], []
         for rec in self.records:
             try:
@@ -254,15 +255,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {"image": image, "bboxes": rec.boxes, "labels": rec.labels}
 
     def __getitem__(self, i):
-        try:
-            return self._item(i)
-        except DataError as e:  # bytes with a valid header but a broken body: only found when decoding
-            if self.strict:
-                raise
-            print(f"[data] warning: {e} (skipped, using the next image)", file=sys.stderr)
-            return self[(i + 1) % len(self)]
-
-    def _item(self, i):
         rec = self.records[i]
         key = (self.seed, self.epoch, i)
         rng = np.random.default_rng(key)

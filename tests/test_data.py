@@ -173,26 +173,27 @@ def test_unreadable_image_bytes(tmp_path, capsys):
         datacheck.main(["--data", str(root)])
 
 
-def test_truncated_image_is_skipped_by_the_loader(tmp_path, capsys):
+def test_truncated_image_is_dropped_when_decoded(tmp_path, capsys):
     broken = good_jpeg()[:1000]  # a valid header, a cut-off body: only decoding finds out
     assert datacheck.image_header_size(broken) == (64, 64)
     root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
-    ds = data.DetectionDataset(root, "train", data.build_transforms(64, False, MEAN, STD), ["a", "b"])
-    image, target = ds[1]
-    assert target["image_id"] == 0  # the next image instead
-    assert "skipped" in capsys.readouterr().err
-    strict = data.DetectionDataset(root, "train", data.build_transforms(64, False, MEAN, STD), ["a", "b"], strict=True)
+    tf = data.build_transforms(64, False, MEAN, STD)
+    ds = data.DetectionDataset(root, "train", tf, ["a", "b"])  # decodes up front (cache): dropped, said so
+    assert [r.image_id for r in ds.records] == [0] and "image skipped" in capsys.readouterr().err
     with pytest.raises(data.DataError, match="row 1"):
-        strict[1]
+        data.DetectionDataset(root, "train", tf, ["a", "b"], strict=True)
+    lazy = data.DetectionDataset(root, "train", tf, ["a", "b"], cache=False)  # decodes when read: an error
+    with pytest.raises(data.DataError, match="row 1.*could not be decoded"):
+        lazy[1]
 
 
 def test_cache_gives_the_same_items_and_drops_broken_images(tmp_path, capsys):
     broken = good_jpeg()[:1000]
     root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
     tf = data.build_transforms(64, True, MEAN, STD)
-    cached = data.DetectionDataset(root, "train", tf, ["a", "b"], cache=True)
+    cached = data.DetectionDataset(root, "train", tf, ["a", "b"])
     assert len(cached) == 1 and "image skipped" in capsys.readouterr().err
-    plain = data.DetectionDataset(root, "train", tf, ["a", "b"])
+    plain = data.DetectionDataset(root, "train", tf, ["a", "b"], cache=False)
     torch.testing.assert_close(cached[0][0], plain[0][0])
     torch.testing.assert_close(cached[0][1]["boxes"], plain[0][1]["boxes"])
 
