@@ -6,7 +6,7 @@
   ``new_run_dir`` and ``write_csv`` for a run's folder; ``NonFiniteGuard`` stops a diverged run.
 - ``resolve_device``, ``amp_supported``, ``inference_amp``, ``default_workers``: which device, which
   precision for training and for inference, how many loader workers. Each choice was measured; the
-  numbers are in RESULTS.md (Speed) and ``python benchmark.py`` repeats them.
+  numbers are in RESULTS.md section 5 and ``python benchmark.py`` repeats them.
 """
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from detector import build_detector
+from speed import fuse_conv_bn
 
 
 class CheckpointError(RuntimeError):
@@ -49,9 +52,6 @@ def model_from_checkpoint(ckpt: dict, device="cpu", fuse: bool = True, bf16: boo
     """The model of a checkpoint read by ``read_checkpoint``, in eval mode, channels_last.
     ``fuse``: fold BatchNorm into the convs (inference only: same outputs, faster; see ``speed.fuse_conv_bn``);
     ``bf16``: with ``fuse``, weights stored in bfloat16 for bf16-autocast inference (``fuse_conv_bn``)."""
-    from detector import build_detector
-    from speed import fuse_conv_bn
-
     model = build_detector(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     if fuse:
