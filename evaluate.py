@@ -193,7 +193,7 @@ def main(argv=None):
     p.add_argument("--tta", action="store_true", help="add horizontal-flip test-time augmentation")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on CUDA only; on CPU fp32 inference is faster, see "
-                        "inference_amp)")
+                        "runtime.inference_amp)")
     p.add_argument("--save-json", default=None, help="write COCO results: the dataset's image_id and category_id, "
                                                      "bbox [x, y, w, h] in the image's own pixels")
     p.add_argument("--save-metrics", default=None, help="write mAP, mAP50, mAP75 and AP per class as JSON")
