@@ -26,7 +26,6 @@ import math
 import random
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -6,7 +6,6 @@ import torch
 
 matplotlib.use("Agg")
 
-import data  # noqa: E402
 import visualize  # noqa: E402
 from assign import TaskAlignedAssigner  # noqa: E402
 from detector import Detector  # noqa: E402
