@@ -70,7 +70,8 @@ def bench_size(size: int, args, root, names) -> dict:
     depthwise_in_fp32(model, args.fp32_depthwise)
     mean, std = model.backbone.mean, model.backbone.std
     autocast = lambda enabled: torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)  # noqa: E731
-    train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names)
+    # Not cached: the loader column below times JPEG decode + augment, the pipeline's worst case.
+    train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names, cache=False)
     b = args.batch_size
     images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
     images = images.contiguous(memory_format=torch.channels_last)
@@ -115,7 +116,7 @@ def bench_size(size: int, args, root, names) -> dict:
 
     # 4. the training loop as train.py runs it: the same step fed by a fresh DataLoader (workers start
     #    anew each epoch there too) over images decoded once (--cache), --workers worker processes
-    loop_ds = DetectionDataset(root, "train", train_ds.transform, names, cache=True)
+    loop_ds = DetectionDataset(root, "train", train_ds.transform, names)  # decoded up front, as train.py's
 
     def train_loop():
         loader = torch.utils.data.DataLoader(loop_ds, b, shuffle=True, drop_last=True, collate_fn=collate,
