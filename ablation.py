@@ -25,10 +25,11 @@ import sys
 from pathlib import Path
 
 DEFAULT_ROW = "+aug basic (default)"
-# Every row was measured with the depthwise-separable head and 2 loader workers; both are pinned so that
-# the committed table stays reproducible whatever train.py's defaults are (the workers change no image,
-# but how many steps fit in --time). RESULTS.md section 4 compares the head and the workers.
-PINNED = "--head-conv depthwise --workers 2"
+# Every row was measured with the depthwise-separable head, 2 loader workers, basic augmentation (mosaic
+# off for the last 2 epochs where a row turns it on) and no EMA; all are pinned so that the committed table
+# stays reproducible whatever train.py's defaults are (the workers change no image, but how many steps fit
+# in --time). A row's flags come after these and override them.
+PINNED = "--head-conv depthwise --workers 2 --aug basic --close-mosaic 2 --no-ema"
 ROWS = [  # (name, train.py flags)
     ("baseline", "--assigner simple --box-loss iou --aug none"),
     ("+TAL", "--assigner tal --box-loss iou --aug none"),

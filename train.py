@@ -5,7 +5,7 @@ forward -> assign -> loss -> backward -> clip -> step. ``main`` reads top to bot
 data and model, optimizer and LR schedule, then per epoch train, validate, save ``last.pt`` (and
 ``best.pt`` on the best validation mAP); at the end ``best.pt`` is evaluated on the test split.
 
-    python train.py --epochs 80                      # the default recipe
+    python train.py --epochs 80                      # the default recipe: TAL + GIoU, mosaic, EMA
     python train.py --time 10                        # 10 minutes of training; the LR schedule fits the budget
     python train.py --resume runs/exp/last.pt        # continue exactly where a run stopped
 
@@ -81,9 +81,11 @@ def parse_args(argv=None):
     g.add_argument("--cls-loss", choices=sorted(CLS_LOSSES), default="bce")
     g.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
     g.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
-    g.add_argument("--aug", choices=AUG_LEVELS, default="basic", help="train augmentation level")
-    g.add_argument("--close-mosaic", type=int, default=2, help="with --aug strong: basic aug for the last N epochs")
-    g.add_argument("--ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
+    g.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="train augmentation level (strong: + mosaic)")
+    g.add_argument("--close-mosaic", type=int, default=10,
+                   help="with --aug strong: basic aug for the last N epochs (a run of N epochs or fewer has no mosaic)")
+    g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep an EMA of the weights; validate, save and test it")
 
     g = p.add_argument_group("run control")
     g.add_argument("--epochs", type=int, default=80, help="epochs (with --time: the most epochs)")
