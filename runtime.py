@@ -51,11 +51,20 @@ def load_checkpoint(path: str, device="cpu", fuse: bool = True):
 def model_from_checkpoint(ckpt: dict, device="cpu", fuse: bool = True, bf16: bool = False):
     """The model of a checkpoint read by ``read_checkpoint``, in eval mode, channels_last.
     ``fuse``: fold BatchNorm into the convs (inference only: same outputs, faster; see ``speed.fuse_conv_bn``);
-    ``bf16``: with ``fuse``, weights stored in bfloat16 for bf16-autocast inference (``fuse_conv_bn``)."""
+    ``bf16``: with ``fuse``, weights stored in bfloat16 for bf16-autocast inference (``fuse_conv_bn``).
+    A file written by ``export.py`` (``"folded"``) is already folded, in float16: it is loaded into the folded
+    structure and computed in float32 (or bfloat16 with ``bf16``); it cannot be unfolded (``fuse=False``)."""
     model = build_detector(ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
-    if fuse:
-        model = fuse_conv_bn(model, bf16)
+    if ckpt.get("folded"):
+        if not fuse:
+            raise CheckpointError("an exported (BN-folded) file can only be evaluated, not trained or benchmarked")
+        model = fuse_conv_bn(model)  # the structure of the folded model, to load the folded weights into
+        model.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in ckpt["model"].items()})
+        model = model.to(torch.bfloat16) if bf16 else model
+    else:
+        model.load_state_dict(ckpt["model"])
+        if fuse:
+            model = fuse_conv_bn(model, bf16)
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
