@@ -27,7 +27,10 @@ that floor. Likewise inference can't beat the backbone's forward. The table show
                                  it: the deployed number
     inference b8         ms/img  fused, batch 8
 
-Each number is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones.
+Each number is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones. A floor and what
+it is the floor of are timed in alternation (``timed_together``), so that their ratio compares like with
+like: the floor runs the same modules under the same autocast as the step, with the trainable depthwise
+convs in fp32 in both.
 """
 from __future__ import annotations
 
@@ -51,14 +54,25 @@ from train import make_optimizer
 
 def timed(fn, repeats: int, warmup: int) -> float:
     """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
+    return timed_together({"fn": fn}, repeats, warmup)["fn"]
+
+
+def timed_together(fns: dict, repeats: int, warmup: int) -> dict:
+    """Median wall time in seconds of each function in ``fns``, timed in alternation (a, b, a, b, ...) after
+    ``warmup`` untimed rounds. Alternating is what makes a ratio of two columns mean something: whatever
+    drifts during the measurement (clock speed, another process, caches and allocator still warming up)
+    falls on both alike. Timed one after the other, the first column took the warm-up and the drift alone,
+    and the backbone "floor" came out slower than the full step it is part of (step/floor < 1)."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_size(size: int, args, root, names) -> dict:
@@ -81,6 +95,7 @@ def bench_size(size: int, args, root, names) -> dict:
     model.train()
 
     def backbone_step():
+        model.zero_grad(set_to_none=True)  # as the step's optimizer.zero_grad: fresh gradients, no accumulation
         with autocast(args.amp):
             feats = model.backbone(images)
         sum(f.float().mean() for f in feats).backward()
@@ -100,8 +115,8 @@ def bench_size(size: int, args, root, names) -> dict:
         optimizer.step()
 
     r = {"size": size}
-    r["backbone_fb"] = timed(backbone_step, args.repeats, args.warmup) / b
-    r["train_step"] = timed(train_step, args.repeats, args.warmup) / b
+    both = timed_together({"backbone_fb": backbone_step, "train_step": train_step}, args.repeats, args.warmup)
+    r |= {name: seconds / b for name, seconds in both.items()}
 
     # 3. data loading throughput with the default workers (a fresh pass over n_load images)
     n_load = min(len(train_ds), b * args.repeats * 2)
@@ -142,9 +157,8 @@ def bench_size(size: int, args, root, names) -> dict:
         with autocast(args.infer_amp):
             model.backbone(one)
 
-    r["backbone_fwd_b1"] = timed(backbone_fwd, args.repeats * 3, args.warmup)
-    r["infer_b1"] = timed(lambda: infer(model, one), args.repeats * 3, args.warmup)
-    r["fused_b1"] = timed(lambda: infer(fused, one), args.repeats * 3, args.warmup)
+    r |= timed_together({"backbone_fwd_b1": backbone_fwd, "infer_b1": lambda: infer(model, one),
+                         "fused_b1": lambda: infer(fused, one)}, args.repeats * 3, args.warmup)
     r["infer_b8"] = timed(lambda: infer(fused, eight), args.repeats, args.warmup) / 8
     return r
 

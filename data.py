@@ -180,6 +180,50 @@ def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic") 
     )
 
 
+def paste_objects(sample: dict, donors: list[dict], rng: np.random.Generator, max_cover: float = 0.3) -> dict:
+    """Copy-paste augmentation (Ghiasi et al. 2021, "Simple Copy-Paste"), with boxes instead of masks: one
+    random object of each donor image is cut out as its box's rectangle and pasted, at its own scale, at a
+    random place of ``sample``'s image, with its box and label. A paste that would hide more than
+    ``max_cover`` of a box already there (an original or an earlier paste) is skipped, so no label ends up
+    on an object that is no longer visible.
+
+    ``sample`` / donors: ``{"image": (H, W, 3) uint8, "bboxes": (N, 4) xyxy pixels, "labels": (N,)}``, as
+    ``DetectionDataset.load`` gives them. Returns a new dict; the inputs are not modified.
+
+    Differences from the paper: no instance masks here (RF100 has boxes only), so the object comes with
+    the background inside its box; no random rescaling of the pasted object (the letterbox and the
+    Affine jitter that follow rescale the whole image); one object per donor.
+    """
+    image = sample["image"].copy()
+    boxes = [b for b in np.asarray(sample["bboxes"], np.float32).reshape(-1, 4)]
+    labels = list(np.asarray(sample["labels"], np.int64).reshape(-1))
+    height, width = image.shape[:2]
+    for donor in donors:
+        if len(donor["labels"]) == 0:
+            continue
+        k = rng.integers(len(donor["labels"]))
+        # Whole pixels that contain the box: the pasted box is exactly the pasted rectangle.
+        x1, y1 = np.floor(donor["bboxes"][k][:2]).astype(int)
+        x2, y2 = np.ceil(donor["bboxes"][k][2:]).astype(int)
+        crop = donor["image"][y1:y2, x1:x2]
+        h, w = crop.shape[:2]
+        if h < 1 or w < 1 or h > height or w > width:
+            continue
+        px, py = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        new = np.array([px, py, px + w, py + h], np.float32)
+        if boxes:
+            old = np.stack(boxes)                                                    # (N, 4)
+            overlap = (np.minimum(old[:, 2:], new[2:]) - np.maximum(old[:, :2], new[:2])).clip(0).prod(1)
+            area = (old[:, 2:] - old[:, :2]).prod(1)
+            if (overlap / np.maximum(area, 1e-6)).max() > max_cover:  # fraction of each old box covered
+                continue
+        image[py:py + h, px:px + w] = crop
+        boxes.append(new)
+        labels.append(int(donor["labels"][k]))
+    return {"image": image, "bboxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, np.int64)}
+
+
 def letterbox_size(height: int, width: int, img_size: int) -> tuple[int, int]:
     """(h, w) of the image inside the letterbox, before the padding: the longer side becomes ``img_size``,
     each side rounded as albumentations' ``LongestMaxSize`` rounds it."""
@@ -210,11 +254,14 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     - ``boxes`` (N, 4) xyxy and ``labels`` (N,): after the transform, in the network frame (what training uses);
     - ``image_id``, ``image_size`` (H, W), ``image_boxes`` (N0, 4) xyxy and ``image_labels`` (N0,): the
-      dataset's own id, pixels and boxes, untouched by the transform (what evaluation scores against)."""
+      dataset's own id, pixels and boxes, untouched by the transform (what evaluation scores against).
+
+    ``copy_paste`` > 0 (training): objects of that many other images are pasted into each image before the
+    transform (``paste_objects``)."""
 
     def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None,
-                 seed: int = 0, strict: bool = False, cache: bool = True):
-        self.root, self.strict = Path(root), strict
+                 seed: int = 0, strict: bool = False, cache: bool = True, copy_paste: int = 0):
+        self.root, self.strict, self.copy_paste = Path(root), strict, copy_paste
         self.class_names = class_names or load_class_names(self.root)
         self.records = read_split(self.root, split, len(self.class_names), strict)
         self.images = self._decode_all() if cache else None
@@ -260,6 +307,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(key)
         self.transform.set_random_state(rng, random.Random("-".join(map(str, key))))
         sample = self.load(i)
+        if self.copy_paste:  # objects of ``copy_paste`` other training images pasted into this one
+            sample = paste_objects(sample, [self.load(int(j)) for j in rng.integers(0, len(self), self.copy_paste)],
+                                   rng)
         if uses_mosaic(self.transform):  # three donor images for the other mosaic cells
             sample["mosaic_metadata"] = [self.load(int(j)) for j in rng.integers(0, len(self), 3)]
         out = self.transform(**sample)

@@ -2,6 +2,7 @@
 
     python datacheck.py [--data DIR] [--img-size S]          # per split: counts, box sizes, every problem row
     python datacheck.py --show-aug 8 --aug strong --out aug.png   # a grid of augmented training samples
+    python datacheck.py --show-aug 8 --aug basic --copy-paste 3 --out paste.png   # copy-paste, without mosaic
 
 The checks themselves run whenever data.py reads a split (``data.parse_row``: bad boxes dropped, boxes
 crossing the border clipped, one warning each; ``train.py --strict`` makes them errors). This script lists
@@ -183,6 +184,8 @@ def main(argv=None):
     p.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="augmentation level for --show-aug")
     p.add_argument("--img-size", type=int, default=None, help="--show-aug: sample size; --check: report box sizes "
                                                                  "after resizing to this size (default: native)")
+    p.add_argument("--copy-paste", type=int, default=0, metavar="N",
+                   help="--show-aug: paste objects of N other images into each sample (as train.py --copy-paste)")
     p.add_argument("--out", default="aug.png")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -193,7 +196,7 @@ def main(argv=None):
             cfg = timm.get_pretrained_cfg("tf_efficientnet_lite0")  # the default backbone's normalisation
             size = args.img_size or dataset_image_size(root)
             ds = DetectionDataset(root, "train", build_transforms(size, True, cfg.mean, cfg.std, args.aug), names,
-                                  seed=args.seed)
+                                  seed=args.seed, copy_paste=args.copy_paste)
             picks = np.random.default_rng(args.seed).choice(len(ds), min(args.show_aug, len(ds)), replace=False)
             samples = [ds[int(i)] for i in picks]
             from visualize import plot_augmentations, to_uint8_image

@@ -84,6 +84,9 @@ def parse_args(argv=None):
     g.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="train augmentation level (strong: + mosaic)")
     g.add_argument("--close-mosaic", type=int, default=10,
                    help="with --aug strong: basic aug for the last N epochs (a run of N epochs or fewer has no mosaic)")
+    g.add_argument("--copy-paste", type=int, default=0, metavar="N",
+                   help="paste one object from each of N other training images into every training image "
+                        "(data.paste_objects); off with mosaic in the last --close-mosaic epochs")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="keep an EMA of the weights; validate, save and test it")
 
@@ -170,12 +173,13 @@ def assigner_for_epoch(epoch: int, args):
     return TaskAlignedAssigner(topk=args.tal_topk, alpha=args.tal_alpha, beta=args.tal_beta)
 
 
-def aug_for_epoch(epoch: int, total_epochs: int, args) -> str:
-    """``--aug``, except that strong (mosaic) aug drops to basic for the last ``close_mosaic`` epochs:
-    mosaic images are unlike test images, so the model finishes on realistic ones (YOLOX sec. 2.3)."""
+def aug_for_epoch(epoch: int, total_epochs: int, args) -> tuple[str, int]:
+    """(augmentation level, copy-paste donors) for this epoch: ``--aug`` and ``--copy-paste``, except that
+    with strong aug the last ``close_mosaic`` epochs drop to basic aug without copy-paste: mosaic and pasted
+    images are unlike test images, so the model finishes on realistic ones (YOLOX sec. 2.3)."""
     if args.aug == "strong" and epoch >= total_epochs - args.close_mosaic:
-        return "basic"
-    return args.aug
+        return "basic", 0
+    return args.aug, args.copy_paste
 
 
 def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None,
@@ -224,7 +228,8 @@ def build_datasets(args, root, class_names, mean, std):
     """Train (augmented, seeded), validation and test datasets."""
     def split(name, train):
         tf = build_transforms(args.img_size, train, mean, std, args.aug if train else "none")
-        return DetectionDataset(root, name, tf, class_names, seed=args.seed, strict=args.strict, cache=args.cache)
+        return DetectionDataset(root, name, tf, class_names, seed=args.seed, strict=args.strict, cache=args.cache,
+                                copy_paste=args.copy_paste if train else 0)
     return split("train", True), split("validation", False), split("test", False)
 
 
@@ -310,7 +315,8 @@ def main(argv=None):
         assigner = assigner_for_epoch(epoch, args)
         # Workers start anew each epoch (not persistent), so they see the new epoch and transform.
         train_ds.set_epoch(epoch)
-        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug_for_epoch(epoch, planned, args))
+        aug, train_ds.copy_paste = aug_for_epoch(epoch, planned, args)
+        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug)
         try:
             stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
                                     args.amp, ema, args.max_bad_steps, max_steps=planned_iters - epoch * iters)

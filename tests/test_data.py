@@ -242,3 +242,51 @@ def test_max_same_class_iou_hand_computed():
 def test_make_dataset_splits(tmp_path):
     root = make_dataset(tmp_path, sizes={"train": 3, "validation": 2, "test": 1})
     assert [len(data.read_split(root, s, 2)) for s in data.SPLITS] == [3, 2, 1]
+
+
+# --------------------------------------------------------------------------- copy-paste
+def paste_case():
+    rng = np.random.default_rng(3)
+    target = {"image": np.zeros((50, 60, 3), np.uint8), "bboxes": np.array([[0, 0, 10, 10]], np.float32),
+              "labels": np.array([0])}
+    donor = {"image": rng.integers(1, 255, (40, 40, 3), dtype=np.uint8),
+             "bboxes": np.array([[5.2, 6.7, 15.1, 20.0]], np.float32), "labels": np.array([1])}
+    return target, donor
+
+
+def test_paste_objects_puts_the_donors_box_pixels_and_label_where_its_new_box_says():
+    target, donor = paste_case()
+    before = target["image"].copy()
+    out = data.paste_objects(target, [donor], np.random.default_rng(0))
+    assert out["labels"].tolist() == [0, 1]
+    x1, y1, x2, y2 = out["bboxes"][1].astype(int)
+    assert (x2 - x1, y2 - y1) == (16 - 5, 20 - 6)  # the whole pixels around [5.2, 6.7, 15.1, 20.0]
+    np.testing.assert_array_equal(out["image"][y1:y2, x1:x2], donor["image"][6:20, 5:16])
+    outside = np.ones((50, 60), bool)
+    outside[y1:y2, x1:x2] = False
+    assert not out["image"][outside].any()              # nothing else painted
+    np.testing.assert_array_equal(target["image"], before)  # the input is not modified
+
+
+def test_paste_objects_never_hides_a_labelled_box():
+    target, donor = paste_case()
+    donor["bboxes"] = np.array([[0, 0, 40, 40]], np.float32)  # a 40x40 crop into a 50x60 frame
+    target["bboxes"] = np.array([[18, 18, 42, 32]], np.float32)  # any 40x40 place covers > 30 % of this box
+    for seed in range(20):
+        out = data.paste_objects(target, [donor], np.random.default_rng(seed))
+        assert out["labels"].tolist() == [0]
+        np.testing.assert_array_equal(out["image"], target["image"])
+    target["bboxes"] = np.zeros((0, 4), np.float32)  # an image without objects takes the paste
+    target["labels"] = np.zeros(0, np.int64)
+    assert data.paste_objects(target, [donor], np.random.default_rng(0))["labels"].tolist() == [1]
+
+
+def test_dataset_copy_paste_adds_objects_repeatably(tiny_dataset):
+    tf = data.build_transforms(128, False, MEAN, STD)  # no other augmentation: boxes only letterboxed
+    plain = data.DetectionDataset(tiny_dataset, "train", tf)
+    pasted = data.DetectionDataset(tiny_dataset, "train", tf, copy_paste=2)
+    n_plain = [len(plain[i][1]["labels"]) for i in range(len(plain))]
+    n_pasted = [len(pasted[i][1]["labels"]) for i in range(len(pasted))]
+    assert all(p >= q for p, q in zip(n_pasted, n_plain)) and sum(n_pasted) > sum(n_plain)
+    assert all(n <= q + 2 for n, q in zip(n_pasted, n_plain))  # at most one object per donor
+    torch.testing.assert_close(pasted[4][0], pasted[4][0])     # seeded by (seed, epoch, index)

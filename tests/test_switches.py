@@ -211,10 +211,11 @@ def test_warmup_assigner_switch():
 
 
 def test_close_mosaic():
-    args = argparse.Namespace(aug="strong", close_mosaic=2)
-    assert [train.aug_for_epoch(e, 10, args) for e in (0, 7, 8, 9)] == ["strong", "strong", "basic", "basic"]
-    args.aug = "basic"
-    assert train.aug_for_epoch(0, 10, args) == "basic"
+    args = argparse.Namespace(aug="strong", close_mosaic=2, copy_paste=3)
+    assert [train.aug_for_epoch(e, 10, args) for e in (0, 7, 8, 9)] == [("strong", 3), ("strong", 3),
+                                                                      ("basic", 0), ("basic", 0)]
+    args.aug = "basic"  # nothing to close without mosaic: copy-paste stays on to the end
+    assert train.aug_for_epoch(9, 10, args) == ("basic", 3)
 
 
 def test_time_budget_replans_iterations():
