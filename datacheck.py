@@ -148,9 +148,14 @@ def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8, im
         boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4))
         wh = boxes[:, 2:] - boxes[:, :2]
         if img_size and len(records):
-            # letterbox: every box of an image scales with img_size / its longer side
-            scale = [img_size / max(image_header_size(r.image_bytes)) for r in records]
-            wh = wh * np.repeat(scale, [len(r.labels) for r in records])[:, None]
+            from data import letterbox_size  # data.py imports this module: import at use
+            # letterbox: each image is resized to letterbox_size's (h, w), so its boxes scale by w / W, h / H
+            scale = []
+            for r in records:
+                width, height = image_header_size(r.image_bytes)
+                h, w = letterbox_size(height, width, img_size)
+                scale.append((w / width, h / height))
+            wh = wh * np.repeat(np.asarray(scale), [len(r.labels) for r in records], axis=0)
         side = np.sqrt(wh.prod(1))  # sqrt(area): one number per box for its size
         counts = np.bincount(labels, minlength=len(class_names))
         print(f"\n== {split}: {len(records)} usable images, {sum(len(r.labels) == 0 for r in records)} without boxes, "
