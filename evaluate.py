@@ -191,6 +191,8 @@ def main(argv=None):
                    help="how overlapping boxes are merged: class-aware NMS, Gaussian Soft-NMS, or wbf: NMS then "
                         "box voting (with --tta: NMS each pass, then weighted boxes fusion across the passes)")
     p.add_argument("--tta", action="store_true", help="add horizontal-flip test-time augmentation")
+    p.add_argument("--raw", action="store_true",
+                   help="evaluate the checkpoint's raw training weights instead of their EMA (what the EMA adds)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on CUDA only; on CPU fp32 inference is faster, see "
                         "runtime.inference_amp)")
@@ -209,6 +211,10 @@ def main(argv=None):
     try:
         device = resolve_device(args.device)
         ckpt = read_checkpoint(args.checkpoint)
+        if args.raw:
+            if ckpt.get("train_model") is None:
+                raise CheckpointError(f"{args.checkpoint} holds no raw training weights (an exported file?)")
+            ckpt = {**ckpt, "model": ckpt["train_model"]}
         amp = inference_amp(device) if args.amp is None else args.amp
         model = model_from_checkpoint(ckpt, device, bf16=amp)
         names = ckpt["class_names"]

@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 import data
+import evaluate
 import train
 import visualize
 from backbone import Backbone
@@ -270,7 +271,7 @@ def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
 
 @pytest.mark.slow
 # --------------------------------------------------------------------------- EMA, other backbones
-def test_ema_weights_are_evaluated_and_saved(tmp_path):
+def test_ema_weights_are_evaluated_and_saved(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
     train.main(["--data", str(root), "--out", str(tmp_path), "--name", "ema", "--workers", "0", "--epochs", "1",
                 "--batch-size", "4", "--img-size", "64", "--ema"])
@@ -278,6 +279,15 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     key = "head.cls_preds.0.weight"
     torch.testing.assert_close(ckpt["model"][key], ckpt["ema"][key])
     assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])
+    # evaluate.py --raw scores the raw weights instead: the model it builds carries train_model's tensors.
+    built = []
+    real = evaluate.model_from_checkpoint
+    monkeypatch.setattr(evaluate, "model_from_checkpoint", lambda c, *a, **k: built.append(c) or real(c, *a, **k))
+    for flags in ([], ["--raw"]):
+        evaluate.main(["--checkpoint", str(tmp_path / "ema" / "last.pt"), "--data", str(root),
+                       "--pr", str(tmp_path / "pr.png"), *flags])
+    assert torch.equal(built[0]["model"][key], ckpt["ema"][key])
+    assert torch.equal(built[1]["model"][key], ckpt["train_model"][key])
 
 
 @pytest.mark.slow
