@@ -61,8 +61,8 @@ def timed_together(fns: dict, repeats: int, warmup: int) -> dict:
     """Median wall time in seconds of each function in ``fns``, timed in alternation (a, b, a, b, ...) after
     ``warmup`` untimed rounds. Alternating is what makes a ratio of two columns mean something: whatever
     drifts during the measurement (clock speed, another process, caches and allocator still warming up)
-    falls on both alike. Timed one after the other, the first column took the warm-up and the drift alone,
-    and the backbone "floor" came out slower than the full step it is part of (step/floor < 1)."""
+    falls on both alike. Timed one after the other, a drift falls on one column only and shows up in their
+    ratio (RESULTS.md section 5 measures both orders)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -97,8 +97,10 @@ def bench_size(size: int, args, root, names) -> dict:
     def backbone_step():
         model.zero_grad(set_to_none=True)  # as the step's optimizer.zero_grad: fresh gradients, no accumulation
         with autocast(args.amp):
-            feats = model.backbone(images)
-        sum(f.float().mean() for f in feats).backward()
+            feats = [f for f in model.backbone(images) if f.requires_grad]  # the maps of trainable stages
+        # Each map gets a gradient as the neck sends one back in training: in the map's own dtype (bf16 under
+        # autocast) and memory layout (channels_last).
+        torch.autograd.backward(feats, [torch.ones_like(f) for f in feats])
 
     # 2. the full training step
     assigner, criterion = TaskAlignedAssigner(), DetectionLoss()
@@ -177,7 +179,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers for the loader and loop columns (default: as train.py, 0 on CPU)")
     p.add_argument("--loop-steps", type=int, default=30, help="training steps timed in the loop column")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--data", default=None)
     p.add_argument("--checkpoint", default=None, help="trained weights (else ImageNet backbone + fresh head); "
