@@ -75,39 +75,28 @@ def timed_together(fns: dict, repeats: int, warmup: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_size(size: int, args, root, names) -> dict:
-    torch.manual_seed(0)
-    if args.checkpoint:  # trained weights: realistic numbers of candidates reach NMS
-        model, _ = load_checkpoint(args.checkpoint, fuse=False)  # the training step needs BN
-    else:
-        model = Detector(len(names)).to(memory_format=torch.channels_last)
-    depthwise_in_fp32(model, args.fp32_depthwise)
-    mean, std = model.backbone.mean, model.backbone.std
-    autocast = lambda enabled: torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)  # noqa: E731
-    # Not cached: the loader column below times JPEG decode + augment, the pipeline's worst case.
-    train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names, cache=False)
-    b = args.batch_size
-    images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
-    images = images.contiguous(memory_format=torch.channels_last)
-    gt_boxes, gt_labels, gt_mask = pad_targets(targets)
+def autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
-    # 1. the floor: backbone forward + backward through the same trainable blocks as training
-    model.train()
 
-    def backbone_step():
+def floor_and_step(model, amp: bool):
+    """The two functions whose ratio is step/floor, on a model in train mode:
+    ``backbone_step(images)``: the floor, the backbone's forward + backward through its trainable blocks;
+    ``train_step(images, gt_boxes, gt_labels, gt_mask)``: forward + assign + loss + backward + AdamW step.
+    Both under the same autocast, on the same modules (trainable depthwise convs in fp32 in both)."""
+    assigner, criterion = TaskAlignedAssigner(), DetectionLoss()
+    optimizer = make_optimizer(model, 1e-4, 0.05)
+
+    def backbone_step(images):
         model.zero_grad(set_to_none=True)  # as the step's optimizer.zero_grad: fresh gradients, no accumulation
-        with autocast(args.amp):
+        with autocast(amp):
             feats = [f for f in model.backbone(images) if f.requires_grad]  # the maps of trainable stages
         # Each map gets a gradient as the neck sends one back in training: in the map's own dtype (bf16 under
         # autocast) and memory layout (channels_last).
         torch.autograd.backward(feats, [torch.ones_like(f) for f in feats])
 
-    # 2. the full training step
-    assigner, criterion = TaskAlignedAssigner(), DetectionLoss()
-    optimizer = make_optimizer(model, 1e-4, 0.05)
-
-    def train_step(images=images, gt_boxes=gt_boxes, gt_labels=gt_labels, gt_mask=gt_mask):
-        with autocast(args.amp):
+    def train_step(images, gt_boxes, gt_labels, gt_mask):
+        with autocast(amp):
             out = model(images)
         a = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points, gt_labels, gt_boxes,
                      gt_mask)
@@ -116,8 +105,30 @@ def bench_size(size: int, args, root, names) -> dict:
         loss.backward()
         optimizer.step()
 
+    return backbone_step, train_step
+
+
+def bench_size(size: int, args, root, names) -> dict:
+    torch.manual_seed(0)
+    if args.checkpoint:  # trained weights: realistic numbers of candidates reach NMS
+        model, _ = load_checkpoint(args.checkpoint, fuse=False)  # the training step needs BN
+    else:
+        model = Detector(len(names)).to(memory_format=torch.channels_last)
+    depthwise_in_fp32(model, args.fp32_depthwise)
+    mean, std = model.backbone.mean, model.backbone.std
+    # Not cached: the loader column below times JPEG decode + augment, the pipeline's worst case.
+    train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names, cache=False)
+    b = args.batch_size
+    images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
+    images = images.contiguous(memory_format=torch.channels_last)
+    gt_boxes, gt_labels, gt_mask = pad_targets(targets)
+
+    model.train()
+    backbone_step, train_step = floor_and_step(model, args.amp)
     r = {"size": size}
-    both = timed_together({"backbone_fb": backbone_step, "train_step": train_step}, args.repeats, args.warmup)
+    both = timed_together({"backbone_fb": lambda: backbone_step(images),
+                           "train_step": lambda: train_step(images, gt_boxes, gt_labels, gt_mask)},
+                          args.repeats, args.warmup)
     r |= {name: seconds / b for name, seconds in both.items()}
 
     # 3. data loading throughput with the default workers (a fresh pass over n_load images)

@@ -13,13 +13,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root
-from assign import TaskAlignedAssigner  # noqa: E402
+from benchmark import autocast, floor_and_step  # noqa: E402
 from data import DetectionDataset, build_transforms, collate, pad_targets  # noqa: E402
-from losses import DetectionLoss  # noqa: E402
 from runtime import load_checkpoint  # noqa: E402
 from sources import load_class_names, resolve_data_root  # noqa: E402
 from speed import depthwise_in_fp32  # noqa: E402
-from train import make_optimizer  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--checkpoint", required=True)
@@ -35,36 +33,16 @@ images, targets = collate([DetectionDataset(root, "validation", tf, names)[i] fo
 images = images.contiguous(memory_format=torch.channels_last)
 gt_boxes, gt_labels, gt_mask = pad_targets(targets)
 model.train()
-assigner, criterion, optimizer = TaskAlignedAssigner(), DetectionLoss(), make_optimizer(model, 1e-4, 0.05)
+backbone_step, train_step = floor_and_step(model, amp=True)
+floor = lambda: backbone_step(images)  # noqa: E731  benchmark.py's floor
+step = lambda: train_step(images, gt_boxes, gt_labels, gt_mask)  # noqa: E731
 
 
-def autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
-
-
-def floor_scalar_loss():
+def floor_scalar_loss():  # the floor with a scalar loss instead of gradients in each map's dtype and layout
     model.zero_grad(set_to_none=True)
-    with autocast():
+    with autocast(True):
         feats = model.backbone(images)
     sum(f.float().mean() for f in feats).backward()
-
-
-def floor():  # benchmark.py's
-    model.zero_grad(set_to_none=True)
-    with autocast():
-        feats = [f for f in model.backbone(images) if f.requires_grad]
-    torch.autograd.backward(feats, [torch.ones_like(f) for f in feats])
-
-
-def step():
-    with autocast():
-        out = model(images)
-    a = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points, gt_labels, gt_boxes,
-                 gt_mask)
-    loss = criterion(out.cls_logits, out.boxes, a, out.box_logits, out.points, out.strides)["total"]
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
 
 
 def ms(fn):
