@@ -83,7 +83,8 @@ def parse_args(argv=None):
     g.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
     g.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="train augmentation level (strong: + mosaic)")
     g.add_argument("--close-mosaic", type=int, default=10,
-                   help="with --aug strong: basic aug for the last N epochs (a run of N epochs or fewer has no mosaic)")
+                   help="with --aug strong: basic aug for the last N planned epochs (so none in a run of N epochs or "
+                        "fewer; a --time run plans --epochs until its first epoch is timed: that epoch has mosaic)")
     g.add_argument("--copy-paste", type=int, default=0, metavar="N",
                    help="paste one object from each of N other training images into every training image "
                         "(data.paste_objects); off with mosaic in the last --close-mosaic epochs")
