@@ -87,7 +87,7 @@ def parse_args(argv=None):
                         "fewer; a --time run plans --epochs until its first epoch is timed: that epoch has mosaic)")
     g.add_argument("--copy-paste", type=int, default=0, metavar="N",
                    help="paste one object from each of N other training images into every training image "
-                        "(data.paste_objects); off with mosaic in the last --close-mosaic epochs")
+                        "(data.paste_objects); with --aug strong, off in the last --close-mosaic epochs as mosaic is")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="keep an EMA of the weights; validate, save and test it")
 
