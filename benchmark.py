@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
+import sys
 import time
 
 import torch
@@ -46,7 +47,7 @@ from data import DetectionDataset, build_transforms, collate, pad_targets
 from detector import Detector
 from evaluate import postprocess
 from losses import DetectionLoss
-from runtime import amp_supported, default_workers, inference_amp, load_checkpoint
+from runtime import CheckpointError, amp_supported, default_workers, inference_amp, load_checkpoint
 from sources import load_class_names, resolve_data_root
 from speed import depthwise_in_fp32, fuse_conv_bn
 from train import make_optimizer
@@ -210,7 +211,10 @@ def main(argv=None):
           f"{'on' if args.amp else 'off'} (trainable depthwise convs in {'fp32' if args.fp32_depthwise else 'bf16'}), "
           f"inference {'on' if args.infer_amp else 'off'}, "
           f"batch {args.batch_size}, {args.workers} loader workers, median of {args.repeats}")
-    rows = [bench_size(s, args, root, names) for s in args.sizes]
+    try:
+        rows = [bench_size(s, args, root, names) for s in args.sizes]
+    except CheckpointError as e:  # e.g. an exported (BN-folded) file: the training columns need BatchNorm
+        sys.exit(f"error: {e}")
     ms = 1000
     print(f"\n{'size':>5} {'backbone fwd+bwd':>17} {'train step':>11} {'step/floor':>10} {'train img/s':>11} "
           f"{'loader img/s':>12} {'loop img/s':>10} {'backbone fwd b1':>16} {'infer b1':>9} {'infer/floor':>11} "

@@ -79,3 +79,10 @@ def test_a_weight_beyond_float16_is_an_error_not_an_inf():
     ckpt["model"][key.replace("running_var", "weight")].fill_(1e4)
     with pytest.raises(CheckpointError, match="float16"):
         export.export_weights(ckpt)
+
+
+def test_benchmark_refuses_an_exported_file_with_a_message(tmp_path, tiny_dataset):
+    import benchmark
+    torch.save(export.export_weights(trained_like_checkpoint()), tmp_path / "d.pt")
+    with pytest.raises(SystemExit, match="only be evaluated"):
+        benchmark.main(["--checkpoint", str(tmp_path / "d.pt"), "--data", str(tiny_dataset), "--sizes", "64"])
