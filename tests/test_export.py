@@ -3,6 +3,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+import benchmark
 import evaluate
 import export
 from detector import Detector
@@ -82,7 +83,6 @@ def test_a_weight_beyond_float16_is_an_error_not_an_inf():
 
 
 def test_benchmark_refuses_an_exported_file_with_a_message(tmp_path, tiny_dataset):
-    import benchmark
     torch.save(export.export_weights(trained_like_checkpoint()), tmp_path / "d.pt")
     with pytest.raises(SystemExit, match="only be evaluated"):
         benchmark.main(["--checkpoint", str(tmp_path / "d.pt"), "--data", str(tiny_dataset), "--sizes", "64"])
