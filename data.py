@@ -195,7 +195,7 @@ def paste_objects(sample: dict, donors: list[dict], rng: np.random.Generator, ma
     Affine jitter that follow rescale the whole image); one object per donor.
     """
     image = sample["image"].copy()
-    boxes = [b for b in np.asarray(sample["bboxes"], np.float32).reshape(-1, 4)]
+    boxes = list(np.asarray(sample["bboxes"], np.float32).reshape(-1, 4))     # N arrays (4,) xyxy
     labels = list(np.asarray(sample["labels"], np.int64).reshape(-1))
     height, width = image.shape[:2]
     for donor in donors:
@@ -210,11 +210,11 @@ def paste_objects(sample: dict, donors: list[dict], rng: np.random.Generator, ma
         if h < 1 or w < 1 or h > height or w > width:
             continue
         px, py = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-        new = np.array([px, py, px + w, py + h], np.float32)
+        new = np.array([px, py, px + w, py + h], np.float32)                         # (4,) xyxy
         if boxes:
             old = np.stack(boxes)                                                    # (N, 4)
-            overlap = (np.minimum(old[:, 2:], new[2:]) - np.maximum(old[:, :2], new[:2])).clip(0).prod(1)
-            area = (old[:, 2:] - old[:, :2]).prod(1)
+            overlap = (np.minimum(old[:, 2:], new[2:]) - np.maximum(old[:, :2], new[:2])).clip(0).prod(1)  # (N,)
+            area = (old[:, 2:] - old[:, :2]).prod(1)                                 # (N,)
             if (overlap / np.maximum(area, 1e-6)).max() > max_cover:  # fraction of each old box covered
                 continue
         image[py:py + h, px:px + w] = crop
