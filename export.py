@@ -8,8 +8,7 @@ per weight, random states): about 8x the bytes of the model itself. The exported
 ``evaluate.py`` reads: the EMA (evaluated) weights, BN-folded (``speed.fuse_conv_bn``), stored as float16,
 plus the model config, class names and training settings. ``runtime.model_from_checkpoint`` reads it back
 into a float32 model (``"folded": True`` tells it the BN layers are gone). float16 keeps 11 significant bits
-(a relative error of at most 2^-11 per weight); ``tests/test_export.py`` checks the detections stay the same,
-RESULTS.md reports the mAP of both files.
+(a relative error of at most 2^-11 per weight); ``tests/test_export.py`` checks the detections stay the same.
 """
 from __future__ import annotations
 
