@@ -1,4 +1,7 @@
 """export.py: the shipped file is BN-folded float16 and gives the detections of the checkpoint it came from."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.ops import box_iou
@@ -6,6 +9,7 @@ from torchvision.ops import box_iou
 import benchmark
 import evaluate
 import export
+import sources
 from detector import Detector
 from evaluate import postprocess
 from runtime import CheckpointError, model_from_checkpoint, read_checkpoint
@@ -86,3 +90,21 @@ def test_benchmark_refuses_an_exported_file_with_a_message(tmp_path, tiny_datase
     torch.save(export.export_weights(trained_like_checkpoint()), tmp_path / "d.pt")
     with pytest.raises(SystemExit, match="only be evaluated"):
         benchmark.main(["--checkpoint", str(tmp_path / "d.pt"), "--data", str(tiny_dataset), "--sizes", "64"])
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (sources.OFFLINE_STANDIN / "data").is_dir(), reason="needs ../shared's stand-in dataset")
+def test_the_shipped_file_gives_the_recorded_numbers(tmp_path):
+    """The README's promise: `python evaluate.py --checkpoint weights/detector.pt` gives its row, on any machine."""
+    evaluate.main(["--checkpoint", str(REPO / "weights" / "detector.pt"), "--data", str(sources.OFFLINE_STANDIN),
+                   "--save-metrics", str(tmp_path / "m.json"), "--pr", str(tmp_path / "pr.png")])
+    got = json.loads((tmp_path / "m.json").read_text())
+    want = json.loads((REPO / "results" / "headline80" / "detector-test.json").read_text())
+    # fp32 on another CPU may move the last digits, nothing more
+    for key in ("map", "map_50", "map_75"):
+        assert got[key] == pytest.approx(want[key], abs=2e-3), key
+    for name, ap in want["ap_per_class"].items():
+        assert got["ap_per_class"][name] == pytest.approx(ap, abs=2e-3), name
