@@ -96,7 +96,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (sources.OFFLINE_STANDIN / "data").is_dir(), reason="needs ../shared's stand-in dataset")
+@pytest.mark.skipif(not sources._is_dataset_root(sources.OFFLINE_STANDIN), reason="needs ../shared's stand-in dataset")
 def test_the_shipped_file_gives_the_recorded_numbers(tmp_path):
     """The README's promise: `python evaluate.py --checkpoint weights/detector.pt` gives its row, on any machine."""
     evaluate.main(["--checkpoint", str(REPO / "weights" / "detector.pt"), "--data", str(sources.OFFLINE_STANDIN),
