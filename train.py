@@ -82,9 +82,9 @@ def parse_args(argv=None):
     g.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
     g.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
     g.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="train augmentation level (strong: + mosaic)")
-    g.add_argument("--close-mosaic", type=int, default=10,
-                   help="with --aug strong: basic aug for the last N planned epochs (so none in a run of N epochs or "
-                        "fewer; a --time run plans --epochs until its first epoch is timed: that epoch has mosaic)")
+    g.add_argument("--close-mosaic", type=int, default=None,
+                   help="with --aug strong: basic aug for the last N planned epochs; default: the last eighth, rounded "
+                        "up (10 of 80, 2 of 14; a --time run plans --epochs until its first epoch is timed)")
     g.add_argument("--copy-paste", type=int, default=0, metavar="N",
                    help="paste one object from each of N other training images into every training image "
                         "(data.paste_objects); with --aug strong, off in the last --close-mosaic epochs as mosaic is")
@@ -177,8 +177,13 @@ def assigner_for_epoch(epoch: int, args):
 def aug_for_epoch(epoch: int, total_epochs: int, args) -> tuple[str, int]:
     """(augmentation level, copy-paste donors) for this epoch: ``--aug`` and ``--copy-paste``, except that
     with strong aug the last ``close_mosaic`` epochs drop to basic aug without copy-paste: mosaic and pasted
-    images are unlike test images, so the model finishes on realistic ones (YOLOX sec. 2.3)."""
-    if args.aug == "strong" and epoch >= total_epochs - args.close_mosaic:
+    images are unlike test images, so the model finishes on realistic ones (YOLOX sec. 2.3).
+
+    By default the closing phase is the last eighth of the planned epochs: YOLOv8's 10 of a long run, and
+    still 12 mosaic epochs of a 20-minute run's 14, where a fixed 10 would leave 4 and the model over-fits
+    the ~530 distinct frames after them (RESULTS.md section 7, "A longer mosaic phase")."""
+    close = math.ceil(total_epochs / 8) if args.close_mosaic is None else args.close_mosaic
+    if args.aug == "strong" and epoch >= total_epochs - close:
         return "basic", 0
     return args.aug, args.copy_paste
 

@@ -219,6 +219,16 @@ def test_close_mosaic():
     assert train.aug_for_epoch(9, 10, args) == ("basic", 3)
 
 
+def test_close_mosaic_default_is_the_last_eighth():
+    args = argparse.Namespace(aug="strong", close_mosaic=None, copy_paste=0)
+    def first_basic(total):
+        return next(e for e in range(total) if train.aug_for_epoch(e, total, args)[0] == "basic")
+    assert first_basic(80) == 70    # 10 closing epochs, YOLOv8's value for a long run
+    assert first_basic(14) == 12    # a 20-minute run: 2, rounded up from 1.75
+    assert first_basic(16) == 14
+    assert first_basic(7) == 6      # a 10-minute run still ends on one realistic epoch
+
+
 def test_time_budget_replans_iterations():
     # 10 s for 100 iterations = 0.1 s each: a 100 s budget holds 1000.
     assert train.iters_that_fit(10.0, 100, budget_s=100, max_iters=8000) == 1000
