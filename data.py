@@ -18,7 +18,8 @@ In data-flow order: ``parse_row`` converts every box ONCE from COCO xywh to xyxy
 pixels (checking it on the way, datacheck.py); ``DetectionDataset`` decodes an image
 and runs the albumentations pipeline of ``build_transforms`` (letterbox + augment);
 ``collate`` stacks a batch and ``pad_targets`` pads its boxes to ``(B, M, ...)`` for
-the assigner. ``boxes_to_image`` is the way back, from the network frame to the
+the assigner; with ``--multi-scale`` the training step resizes each batch (``multi_scale``).
+``boxes_to_image`` is the way back, from the network frame to the
 image's own pixels. (Which dataset to use: sources.py.)
 
 Differences from the course notebook:
@@ -33,6 +34,7 @@ Differences from the course notebook:
 from __future__ import annotations
 
 import glob
+import math
 import random
 import sys
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
 
 from datacheck import Problem, check_boxes, check_image, check_objects, report
@@ -222,6 +225,26 @@ def paste_objects(sample: dict, donors: list[dict], rng: np.random.Generator, ma
         labels.append(int(donor["labels"][k]))
     return {"image": image, "bboxes": np.asarray(boxes, np.float32).reshape(-1, 4),
             "labels": np.asarray(labels, np.int64)}
+
+
+def multi_scale(images: torch.Tensor, boxes: torch.Tensor, frac: float, stride: int = 32
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale training (YOLOv3 sec. 2.4; YOLOv5's ``--multi-scale``): resize a whole batch to a random
+    side in [(1 - frac) S, (1 + frac) S], a multiple of ``stride`` so every FPN level still divides it.
+
+    (B, 3, S, S) images and (B, M, 4) xyxy boxes in the network frame -> the same at the new side S'.
+    The image is square, so the boxes scale by the one factor S' / S. Evaluation stays at S: the network
+    learns to find each object at several sizes, as scale jitter teaches it, but batch by batch.
+    ``frac`` = 0 returns the batch unchanged."""
+    if frac <= 0:
+        return images, boxes
+    side = images.shape[-1]
+    low, high = math.ceil(side * (1 - frac) / stride), math.floor(side * (1 + frac) / stride)
+    new = int(torch.randint(low, high + 1, ()).item()) * stride  # torch's generator: saved in last.pt
+    if new == side:
+        return images, boxes
+    images = F.interpolate(images, size=(new, new), mode="bilinear", align_corners=False)
+    return images.contiguous(memory_format=torch.channels_last), boxes * (new / side)
 
 
 def letterbox_size(height: int, width: int, img_size: int) -> tuple[int, int]:

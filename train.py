@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from assign import SimpleAssigner, TaskAlignedAssigner
 from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
-                  pad_targets)
+                  multi_scale, pad_targets)
 from detector import Detector
 from evaluate import evaluate
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
@@ -88,6 +88,9 @@ def parse_args(argv=None):
     g.add_argument("--copy-paste", type=int, default=0, metavar="N",
                    help="paste one object from each of N other training images into every training image "
                         "(data.paste_objects); with --aug strong, off in the last --close-mosaic epochs as mosaic is")
+    g.add_argument("--multi-scale", type=float, default=0.0, metavar="F",
+                   help="resize each training batch to a random side in [(1-F) S, (1+F) S], a multiple of 32 "
+                        "(data.multi_scale; YOLOv5: 0.5); 0: off")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="keep an EMA of the weights; validate, save and test it")
 
@@ -189,7 +192,7 @@ def aug_for_epoch(epoch: int, total_epochs: int, args) -> tuple[str, int]:
 
 
 def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, epoch, device, amp, ema=None,
-                    max_bad_steps: int = 10, max_steps: int | None = None) -> dict:
+                    max_bad_steps: int = 10, max_steps: int | None = None, scale_frac: float = 0.0) -> dict:
     """One pass over ``loader``, or its first ``max_steps`` batches (the last, partial epoch of a ``--time`` run).
     Returns the mean losses of the epoch and its step counts."""
     model.train()
@@ -202,6 +205,7 @@ def train_one_epoch(model, loader, criterion, assigner, optimizer, scheduler, ep
         # ---------------- the step: forward -> assign -> loss -> backward -> clip -> step
         images = images.to(device, memory_format=torch.channels_last)                   # (B, 3, S, S)
         gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))     # (B, M, 4), (B, M), (B, M)
+        images, gt_boxes = multi_scale(images, gt_boxes, scale_frac)                   # (B, 3, S', S'): --multi-scale
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):            # bf16 forward where native
             out = model(images)                     # (B, A, C) logits, (B, A, 4) xyxy boxes, (A, 2) points ...
         # The assigner sees detached predictions: assignment is a choice, not something to backprop through.
@@ -325,7 +329,8 @@ def main(argv=None):
         train_ds.transform = build_transforms(args.img_size, True, mean, std, aug)
         try:
             stats = train_one_epoch(model, train_loader, criterion, assigner, optimizer, scheduler, epoch, device,
-                                    args.amp, ema, args.max_bad_steps, max_steps=planned_iters - epoch * iters)
+                                    args.amp, ema, args.max_bad_steps, max_steps=planned_iters - epoch * iters,
+                                    scale_frac=args.multi_scale)
         except NonFiniteLoss as e:
             sys.exit(f"error: {e}")
         train_time = time.time() - t0

@@ -1,4 +1,4 @@
-"""The improvement switches: PAN/CSP neck, QFL/VFL, Soft-NMS/WBF/TTA, Mosaic, EMA, assigner warm-up."""
+"""The improvement switches: PAN/CSP neck, QFL/VFL, Soft-NMS/WBF/TTA, Mosaic, multi-scale, EMA, assigner warm-up."""
 import argparse
 import csv
 import json
@@ -287,6 +287,53 @@ def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
                 assert (r > b) == (label == 0), (box, label, r, b)
                 seen += 1
     assert seen > 20
+
+
+# --------------------------------------------------------------------------- multi-scale training
+def test_multi_scale_boxes_follow_the_pixels():
+    """A white square on black: after the resize its box still frames exactly the bright pixels."""
+    torch.manual_seed(0)
+    images, boxes = torch.zeros(2, 3, 128, 128), torch.tensor([[[32.0, 64.0, 96.0, 96.0]], [[0.0, 0.0, 64.0, 32.0]]])
+    for b, (x1, y1, x2, y2) in enumerate(boxes[:, 0].int().tolist()):
+        images[b, :, y1:y2, x1:x2] = 1.0
+    sides = set()
+    for _ in range(20):
+        out, out_boxes = data.multi_scale(images, boxes, 0.5)
+        side = out.shape[-1]
+        sides.add(side)
+        assert out.shape[:2] == (2, 3) and out.shape[-2] == side and side % 32 == 0 and 64 <= side <= 192
+        for b in range(2):
+            rows, cols = torch.nonzero(out[b, 0] > 0.5, as_tuple=True)   # the square's pixels, threshold at half
+            bright = torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float()
+            torch.testing.assert_close(out_boxes[b, 0], boxes[b, 0] * side / 128)
+            assert (bright - out_boxes[b, 0]).abs().max() <= 1, (side, bright, out_boxes[b, 0])
+    assert sides == {64, 96, 128, 160, 192}     # every multiple of 32 in [0.5 S, 1.5 S], nothing else
+
+
+def test_multi_scale_off_and_resumable():
+    images, boxes = torch.rand(1, 3, 96, 96), torch.tensor([[[1.0, 2.0, 30.0, 40.0]]])
+    assert data.multi_scale(images, boxes, 0.0) == (images, boxes)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()          # last.pt saves this generator, so a resumed run draws the same sides
+    first = [data.multi_scale(images, boxes, 0.5)[0].shape[-1] for _ in range(8)]
+    torch.set_rng_state(state)
+    assert [data.multi_scale(images, boxes, 0.5)[0].shape[-1] for _ in range(8)] == first and len(set(first)) > 1
+
+
+def test_multi_scale_flag_trains_at_several_sides(tmp_path, monkeypatch):
+    seen = []
+    real = train.multi_scale
+    def spy(images, boxes, frac):
+        out = real(images, boxes, frac)
+        seen.append(out[0].shape[-1])      # the side the model trained on
+        return out
+    monkeypatch.setattr(train, "multi_scale", spy)
+    root = make_dataset(tmp_path / "d", sizes={"train": 16, "validation": 2, "test": 2}, image_size=64)
+    train.main(["--data", str(root), "--out", str(tmp_path), "--name", "ms", "--workers", "0", "--epochs", "1",
+                "--batch-size", "4", "--img-size", "64", "--multi-scale", "0.5"])
+    assert len(seen) == 4 and set(seen) <= {32, 64, 96} and len(set(seen)) > 1, seen
+    rows = torch.load(tmp_path / "ms" / "last.pt", weights_only=False)["history"]
+    assert rows[0]["steps"] == 4 and rows[0]["skipped"] == 0 and rows[0]["val_map"] != ""
 
 
 @pytest.mark.slow
