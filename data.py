@@ -229,8 +229,9 @@ def paste_objects(sample: dict, donors: list[dict], rng: np.random.Generator, ma
 
 def multi_scale(images: torch.Tensor, boxes: torch.Tensor, frac: float, stride: int = 32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-scale training (YOLOv3 sec. 2.4; YOLOv5's ``--multi-scale``): resize a whole batch to a random
-    side in [(1 - frac) S, (1 + frac) S], a multiple of ``stride`` so every FPN level still divides it.
+    """Multi-scale training (YOLO9000 sec. 2, "Multi-Scale Training"; YOLOv5's ``--multi-scale``): resize a
+    whole batch to a random side in [(1 - frac) S, (1 + frac) S], a multiple of ``stride`` so every FPN level
+    still divides it. YOLO9000 draws a new side every 10 batches from 320..608; here, as in YOLOv5, every batch.
 
     (B, 3, S, S) images and (B, M, 4) xyxy boxes in the network frame -> the same at the new side S'.
     The image is square, so the boxes scale by the one factor S' / S. Evaluation stays at S: the network

@@ -48,6 +48,14 @@ from speed import depthwise_in_fp32, fuse_conv_bn
 from visualize import plot_history, plot_pr_curves
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train the one-stage detector.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -88,7 +96,7 @@ def parse_args(argv=None):
     g.add_argument("--copy-paste", type=int, default=0, metavar="N",
                    help="paste one object from each of N other training images into every training image "
                         "(data.paste_objects); with --aug strong, off in the last --close-mosaic epochs as mosaic is")
-    g.add_argument("--multi-scale", type=float, default=0.0, metavar="F",
+    g.add_argument("--multi-scale", type=fraction, default=0.0, metavar="F",
                    help="resize each training batch to a random side in [(1-F) S, (1+F) S], a multiple of 32 "
                         "(data.multi_scale; YOLOv5: 0.5); 0: off")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,

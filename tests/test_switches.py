@@ -320,6 +320,13 @@ def test_multi_scale_off_and_resumable():
     assert [data.multi_scale(images, boxes, 0.5)[0].shape[-1] for _ in range(8)] == first and len(set(first)) > 1
 
 
+@pytest.mark.parametrize("bad", ["1", "-0.1", "x"])
+def test_multi_scale_flag_rejects_a_side_that_could_reach_zero(bad, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--multi-scale", bad])
+    assert "--multi-scale" in capsys.readouterr().err
+
+
 def test_multi_scale_flag_trains_at_several_sides(tmp_path, monkeypatch):
     seen = []
     real = train.multi_scale
