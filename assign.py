@@ -3,11 +3,11 @@
 Course section: "Label assignment". Paper: Feng et al., "TOOD: Task-aligned One-stage
 Object Detection", ICCV 2021, sec. 3.2 "Task-aligned Sample Assignment".
 
-Both assigners have the same call and return the same ``Assignment`` (losses.py),
-so training can switch from one to the other between epochs::
+Both assigners have the same call and return the same ``Assignment`` (defined here; the loss
+reads it), so training can switch from one to the other between epochs::
 
-    assigner(pred_scores (B,A,C) probabilities, pred_boxes (B,A,4) xyxy,
-             anchor_points (A,2), gt_labels (B,M), gt_boxes (B,M,4) xyxy, gt_mask (B,M)) -> Assignment
+    assigner(pred_scores (B,A,C) probabilities, pred_boxes (B,A,4) xyxy, anchor_points (A,2),
+             anchor_strides (A,), gt_labels (B,M), gt_boxes (B,M,4) xyxy, gt_mask (B,M)) -> Assignment
 
 Both run the same five named steps, vectorised over the whole batch (no loop over
 images or GTs); only the metric used to rank candidates differs:
@@ -44,7 +44,7 @@ from losses import box_iou, paired_iou
 
 
 class Assignment(NamedTuple):
-    """What an assigner decides for every anchor point (see assign.py)."""
+    """What an assigner decides for every anchor point; ``losses.DetectionLoss`` turns it into the loss."""
     fg_mask: torch.Tensor        # (B, A) bool: the anchor is a positive
     gt_index: torch.Tensor       # (B, A) int64: index of its GT in the padded (B, M) GT tensors
     target_labels: torch.Tensor  # (B, A) int64: class of that GT (meaningless where not fg)
@@ -119,13 +119,15 @@ class TaskAlignedAssigner:
     t = s^alpha * u^beta  with  s = predicted probability of the GT's class, u = IoU(predicted box, GT).
     High t needs BOTH a confident score and a well-placed box, so the anchors the head already
     handles well for both tasks become positives, and training pulls the two tasks together.
+    (``anchor_strides`` is in the call for the simple assigner's priors; TAL needs none.)
     """
 
     def __init__(self, topk: int = 13, alpha: float = 1.0, beta: float = 6.0):
         self.topk, self.alpha, self.beta = topk, alpha, beta
 
     @torch.no_grad()
-    def __call__(self, pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask) -> Assignment:
+    def __call__(self, pred_scores, pred_boxes, anchor_points, anchor_strides, gt_labels, gt_boxes,
+                 gt_mask) -> Assignment:
         if gt_boxes.shape[1] == 0 or not gt_mask.any():
             return _empty(pred_scores, pred_boxes)
         pred_scores, pred_boxes = pred_scores.float(), pred_boxes.float()
@@ -160,29 +162,22 @@ class SimpleAssigner:
     score under both assigners.
     """
 
-    def __init__(self, topk: int = 9, prior_size: float = 5.0, strides=(8, 16, 32)):
-        self.topk, self.prior_size, self.strides = topk, prior_size, strides
+    def __init__(self, topk: int = 9, prior_size: float = 5.0):
+        self.topk, self.prior_size = topk, prior_size
 
-    def prior_boxes(self, anchor_points: torch.Tensor) -> torch.Tensor:
-        """(A, 2) points -> (A, 4) xyxy square priors, side prior_size * stride of the point's level.
-
-        The stride is read off the point itself: a stride-s centre (k + 0.5) * s is an odd multiple
-        of s/2, and for power-of-two strides no point is an odd multiple of two different s/2.
-        """
-        stride = torch.zeros(len(anchor_points), device=anchor_points.device)
-        for s in self.strides:
-            odd = (anchor_points * 2 / s) % 2 == 1                                # (A, 2)
-            stride[odd.all(-1)] = s
-        half = (self.prior_size * stride / 2)[:, None]                            # (A, 1)
+    def prior_boxes(self, anchor_points: torch.Tensor, anchor_strides: torch.Tensor) -> torch.Tensor:
+        """(A, 2) points, (A,) strides -> (A, 4) xyxy square priors of side prior_size * stride."""
+        half = (self.prior_size * anchor_strides / 2)[:, None]                    # (A, 1)
         return torch.cat([anchor_points - half, anchor_points + half], -1)
 
     @torch.no_grad()
-    def __call__(self, pred_scores, pred_boxes, anchor_points, gt_labels, gt_boxes, gt_mask) -> Assignment:
+    def __call__(self, pred_scores, pred_boxes, anchor_points, anchor_strides, gt_labels, gt_boxes,
+                 gt_mask) -> Assignment:
         if gt_boxes.shape[1] == 0 or not gt_mask.any():
             return _empty(pred_scores, pred_boxes)
         pred_boxes = pred_boxes.float()
         cand = candidates_inside(anchor_points, gt_boxes, gt_mask)                # 1. (B, M, A)
-        prior_iou = box_iou(gt_boxes, self.prior_boxes(anchor_points)) * cand     # 2. (B, M, A)
+        prior_iou = box_iou(gt_boxes, self.prior_boxes(anchor_points, anchor_strides)) * cand  # 2. (B, M, A)
         pos = select_topk(prior_iou, cand, self.topk)                             # 3.
         pos = resolve_conflicts(pos, prior_iou)                                   # 4.
         # quality: IoU of each anchor's predicted box with its GT, (B, M, A), 0 off the positives.

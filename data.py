@@ -1,40 +1,27 @@
 """Data: Hugging Face parquet detection datasets -> augmented tensors.
 
 Course section: "Dataset & augmentations". The course dataset is Roboflow-100's
-``Francesco/halo-infinite-angel-videogame`` on the Hugging Face hub. Every
-``Francesco/*`` RF100 dataset has the same parquet layout::
+``Francesco/halo-infinite-angel-videogame``; every ``Francesco/*`` RF100 dataset has this layout::
 
     <root>/README.md                         dataset card; YAML header lists the class names
     <root>/data/{train,validation,test}-*.parquet
-        image_id  int64
-        image     {bytes: JPEG/PNG, path}
-        width, height
+        image_id  int64;  image {bytes: JPEG/PNG, path};  width, height
         objects   {id, area, bbox: COCO [x, y, w, h] pixels, category: 1-based}
 
-Category id 0 is Roboflow's super-category placeholder ("enemies", ...) that no
-box uses, so the model's class ``k`` is the dataset's category ``k + 1``.
-
-In data-flow order: ``parse_row`` converts every box ONCE from COCO xywh to xyxy
-pixels (checking it on the way, datacheck.py); ``DetectionDataset`` decodes an image
-and runs the albumentations pipeline of ``build_transforms`` (letterbox + augment);
-``collate`` stacks a batch and ``pad_targets`` pads its boxes to ``(B, M, ...)`` for
-the assigner; with ``--multi-scale`` the training step resizes each batch (``multi_scale``).
-``boxes_to_image`` is the way back, from the network frame to the
-image's own pixels. (Which dataset to use: sources.py.)
+In data-flow order: ``parse_row`` converts every box ONCE from COCO xywh to xyxy pixels (checked on the
+way, tools/checks.py); ``DetectionDataset`` decodes an image and runs ``build_transforms``' albumentations
+pipeline (letterbox + augment); ``collate`` stacks a batch and ``pad_targets`` pads its boxes to
+``(B, M, ...)`` for the assigner. ``boxes_to_image`` is the way back to the image's own pixels.
 
 Differences from the course notebook:
 
-- Boxes are xyxy pixels from the moment they are read; nothing downstream
-  ever sees xywh (the notebook converts back and forth).
-- Images are letterboxed (longest side resized, then padded to a square),
-  not stretched, so box aspect ratios stay as they are in the game frame.
-- Augmentation randomness is seeded per (seed, epoch, image): a run is
-  repeatable and a resumed run sees exactly the images it would have seen.
+- Boxes are xyxy pixels from the moment they are read; nothing downstream ever sees xywh.
+- Images are letterboxed (longest side resized, padded to a square), not stretched: aspect ratios stay.
+- Augmentation randomness is seeded per (seed, epoch, image): a run is repeatable and a resumed run
+  sees exactly the images it would have seen.
 """
 from __future__ import annotations
 
-import glob
-import math
 import random
 import sys
 from dataclasses import dataclass
@@ -43,15 +30,16 @@ from pathlib import Path
 import albumentations as A
 import cv2
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
+from torch.nn.utils.rnn import pad_sequence
 
-from datacheck import Problem, check_boxes, check_image, check_objects, report
-from sources import DataError, load_class_names
+from tools.augment import paste_objects
+from tools.checks import Problem, check_boxes, check_image, check_objects, report, split_rows
+from tools.sources import DataError, load_class_names
 
 SPLITS = ("train", "validation", "test")
+AUG_LEVELS = ("none", "basic", "strong")
 PAD_VALUE = 114  # grey letterbox border, as YOLOX/YOLOv5 use
 # RF100 categories are 1-based: id 0 is the super-category placeholder no box uses.
 # Model class k  <->  dataset category k + FIRST_CATEGORY_ID (parse_row one way, COCO export the other).
@@ -78,7 +66,7 @@ def coco_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 def parse_row(row: dict, num_classes: int, where: str) -> tuple[Record | None, list[Problem]]:
     """One parquet row -> Record: COCO xywh -> xyxy pixels and 1-based category -> 0-based label, ONCE.
 
-    Every row is checked on the way (datacheck.py): bad boxes are dropped, boxes crossing the border
+    Every row is checked on the way (tools/checks.py): bad boxes are dropped, boxes crossing the border
     clipped, an unusable image gives ``None``; each such decision comes back as a Problem."""
     size, problems = check_image(row, where)                       # (W, H) from the image header
     objects, found = check_objects(row, where) if size else (None, [])
@@ -91,49 +79,22 @@ def parse_row(row: dict, num_classes: int, where: str) -> tuple[Record | None, l
     return Record(int(row["image_id"]), row["image"]["bytes"], boxes[keep], labels[keep], where), problems + found
 
 
-def split_files(root: Path, split: str) -> list[str]:
-    files = sorted(glob.glob(str(Path(root) / "data" / f"{split}-*.parquet")))
-    if not files:
-        raise DataError(f"no {split} split: {Path(root) / 'data' / f'{split}-*.parquet'} matches no file")
-    return files
-
-
 def scan_split(root: Path, split: str, num_classes: int) -> tuple[list[Record], list[Problem]]:
     """Every usable row of a split as a Record (boxes xyxy, labels 0-based), and every problem found."""
-    records, problems, seen = [], [], set()
-    for f in split_files(root, split):
-        try:
-            df = pd.read_parquet(f)
-        except Exception as e:
-            raise DataError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
-        missing = {"image_id", "image", "objects"} - set(df.columns)
-        if missing:
-            raise DataError(f"{f}: missing column(s) {sorted(missing)} (expected the Hugging Face RF100 layout)")
-        for i, row in enumerate(df.to_dict("records")):
-            where = f"{Path(f).name} row {i} (image_id {row['image_id']})"
-            if row["image_id"] in seen:
-                problems.append(Problem(where, "duplicate image_id (COCO results would mix two images)", False))
-            seen.add(row["image_id"])
-            rec, found = parse_row(row, num_classes, where)
-            problems += found
-            if rec is not None:
-                records.append(rec)
+    records, problems = [], []
+    for row, where in split_rows(root, split, problems):  # a repeated image_id is a problem too
+        rec, found = parse_row(row, num_classes, where)
+        problems += found
+        if rec is not None:
+            records.append(rec)
     return records, problems
 
 
 def read_split(root: Path, split: str, num_classes: int, strict: bool = False) -> list[Record]:
-    """The usable Records of a split; its problems are reported (``datacheck.report``), or with ``strict``
-    the first one raises a DataError naming the file and row."""
+    """The usable Records of a split; its problems are reported, or with ``strict`` the first one raises."""
     records, problems = scan_split(root, split, num_classes)
     report(problems, split, strict)
     return records
-
-
-def dataset_image_size(root: Path) -> int:
-    """The dataset's own (most common) image side, rounded up to a multiple of 32: 640 Halo, 416 stand-in."""
-    df = pd.read_parquet(split_files(root, "train")[0], columns=["width", "height"])
-    side = int(pd.concat([df["width"], df["height"]]).mode().iloc[0])
-    return (side + 31) // 32 * 32
 
 
 def decode_image(rec: Record) -> np.ndarray:
@@ -145,9 +106,6 @@ def decode_image(rec: Record) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- augmentation
-AUG_LEVELS = ("none", "basic", "strong")
-
-
 def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic") -> A.Compose:
     """albumentations pipeline: (H,W,3) uint8 + xyxy boxes -> (3,S,S) float normalised + boxes.
 
@@ -183,71 +141,6 @@ def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic") 
     )
 
 
-def paste_objects(sample: dict, donors: list[dict], rng: np.random.Generator, max_cover: float = 0.3) -> dict:
-    """Copy-paste augmentation (Ghiasi et al. 2021, "Simple Copy-Paste"), with boxes instead of masks: one
-    random object of each donor image is cut out as its box's rectangle and pasted, at its own scale, at a
-    random place of ``sample``'s image, with its box and label. A paste that would hide more than
-    ``max_cover`` of a box already there (an original or an earlier paste) is skipped, so no label ends up
-    on an object that is no longer visible.
-
-    ``sample`` / donors: ``{"image": (H, W, 3) uint8, "bboxes": (N, 4) xyxy pixels, "labels": (N,)}``, as
-    ``DetectionDataset.load`` gives them. Returns a new dict; the inputs are not modified.
-
-    Differences from the paper: no instance masks here (RF100 has boxes only), so the object comes with
-    the background inside its box; no random rescaling of the pasted object (the letterbox and the
-    Affine jitter that follow rescale the whole image); one object per donor.
-    """
-    image = sample["image"].copy()
-    boxes = list(np.asarray(sample["bboxes"], np.float32).reshape(-1, 4))     # N arrays (4,) xyxy
-    labels = list(np.asarray(sample["labels"], np.int64).reshape(-1))
-    height, width = image.shape[:2]
-    for donor in donors:
-        if len(donor["labels"]) == 0:
-            continue
-        k = rng.integers(len(donor["labels"]))
-        # Whole pixels that contain the box: the pasted box is exactly the pasted rectangle.
-        x1, y1 = np.floor(donor["bboxes"][k][:2]).astype(int)
-        x2, y2 = np.ceil(donor["bboxes"][k][2:]).astype(int)
-        crop = donor["image"][y1:y2, x1:x2]
-        h, w = crop.shape[:2]
-        if h < 1 or w < 1 or h > height or w > width:
-            continue
-        px, py = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-        new = np.array([px, py, px + w, py + h], np.float32)                         # (4,) xyxy
-        if boxes:
-            old = np.stack(boxes)                                                    # (N, 4)
-            overlap = (np.minimum(old[:, 2:], new[2:]) - np.maximum(old[:, :2], new[:2])).clip(0).prod(1)  # (N,)
-            area = (old[:, 2:] - old[:, :2]).prod(1)                                 # (N,)
-            if (overlap / np.maximum(area, 1e-6)).max() > max_cover:  # fraction of each old box covered
-                continue
-        image[py:py + h, px:px + w] = crop
-        boxes.append(new)
-        labels.append(int(donor["labels"][k]))
-    return {"image": image, "bboxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-            "labels": np.asarray(labels, np.int64)}
-
-
-def multi_scale(images: torch.Tensor, boxes: torch.Tensor, frac: float, stride: int = 32
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-scale training (YOLO9000 sec. 2, "Multi-Scale Training"; YOLOv5's ``--multi-scale``): resize a
-    whole batch to a random side in [(1 - frac) S, (1 + frac) S], a multiple of ``stride`` so every FPN level
-    still divides it. YOLO9000 draws a new side every 10 batches from 320..608; here, as in YOLOv5, every batch.
-
-    (B, 3, S, S) images and (B, M, 4) xyxy boxes in the network frame -> the same at the new side S'.
-    The image is square, so the boxes scale by the one factor S' / S. Evaluation stays at S: the network
-    learns to find each object at several sizes, as scale jitter teaches it, but batch by batch.
-    ``frac`` = 0 returns the batch unchanged."""
-    if frac <= 0:
-        return images, boxes
-    side = images.shape[-1]
-    low, high = math.ceil(side * (1 - frac) / stride), math.floor(side * (1 + frac) / stride)
-    new = int(torch.randint(low, high + 1, ()).item()) * stride  # torch's generator: saved in last.pt
-    if new == side:
-        return images, boxes
-    images = F.interpolate(images, size=(new, new), mode="bilinear", align_corners=False)
-    return images.contiguous(memory_format=torch.channels_last), boxes * (new / side)
-
-
 def letterbox_size(height: int, width: int, img_size: int) -> tuple[int, int]:
     """(h, w) of the image inside the letterbox, before the padding: the longer side becomes ``img_size``,
     each side rounded as albumentations' ``LongestMaxSize`` rounds it."""
@@ -269,10 +162,7 @@ def boxes_to_image(boxes: torch.Tensor, image_hw: tuple[int, int], img_size: int
     return out
 
 
-def uses_mosaic(transform: A.Compose) -> bool:
-    return any(isinstance(t, A.Mosaic) for t in transform.transforms)
-
-
+# --------------------------------------------------------------------------- dataset and batches
 class DetectionDataset(torch.utils.data.Dataset):
     """One split of a parquet detection dataset. Item: (image (3,S,S) float, target dict) with
 
@@ -280,40 +170,36 @@ class DetectionDataset(torch.utils.data.Dataset):
     - ``image_id``, ``image_size`` (H, W), ``image_boxes`` (N0, 4) xyxy and ``image_labels`` (N0,): the
       dataset's own id, pixels and boxes, untouched by the transform (what evaluation scores against).
 
-    ``copy_paste`` > 0 (training): objects of that many other images are pasted into each image before the
-    transform (``paste_objects``)."""
+    ``cache``: decode every image once, up front (DataLoader workers share the arrays); an image whose
+    body is broken is then dropped with a warning (an error with ``strict``). ``copy_paste`` > 0: objects
+    of that many other images are pasted into each image before the transform (tools/augment.py)."""
 
     def __init__(self, root, split: str, transform: A.Compose, class_names: list[str] | None = None,
                  seed: int = 0, strict: bool = False, cache: bool = True, copy_paste: int = 0):
-        self.root, self.strict, self.copy_paste = Path(root), strict, copy_paste
+        self.root, self.transform, self.copy_paste = Path(root), transform, copy_paste
         self.class_names = class_names or load_class_names(self.root)
         self.records = read_split(self.root, split, len(self.class_names), strict)
-        self.images = self._decode_all() if cache else None
+        self.images = None
+        if cache:
+            decoded = [(rec, self._try_decode(rec, strict)) for rec in self.records]
+            self.records = [rec for rec, image in decoded if image is not None]
+            self.images = [image for _, image in decoded if image is not None]
         if not self.records:
             raise DataError(f"{self.root}: the {split} split has no usable image")
-        self.transform = transform
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch = seed, 0  # item i of epoch e is augmented by a generator seeded (seed, e, i)
 
-    def _decode_all(self) -> list[np.ndarray]:
-        """``cache=True``: decode every image once, up front (a few seconds), instead of once per epoch.
-        DataLoader workers are forked from this process, so they share these arrays without copying.
-        Images whose bytes have a valid header but a broken body are found only here, and dropped with
-        a warning (an error with ``strict``); without the cache such an image is an error when it is read."""
-        images, kept = [], []
-        for rec in self.records:
-            try:
-                images.append(decode_image(rec))
-                kept.append(rec)
-            except DataError as e:
-                if self.strict:
-                    raise
-                print(f"[data] warning: {e} (image skipped)", file=sys.stderr)
-        self.records = kept
-        return images
+    @staticmethod
+    def _try_decode(rec: Record, strict: bool) -> np.ndarray | None:
+        try:
+            return decode_image(rec)
+        except DataError as e:
+            if strict:
+                raise
+            print(f"[data] warning: {e} (image skipped)", file=sys.stderr)
+            return None
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentations of item i in epoch e are drawn from a generator seeded with (seed, e, i): the
-        same in every run and every DataLoader worker, so a resumed run sees exactly the same images."""
+        """Same (seed, epoch, i), same augmentation: in every run, every worker, and after a resume."""
         self.epoch = epoch
 
     def __len__(self):
@@ -326,15 +212,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {"image": image, "bboxes": rec.boxes, "labels": rec.labels}
 
     def __getitem__(self, i):
-        rec = self.records[i]
-        key = (self.seed, self.epoch, i)
+        rec, key = self.records[i], (self.seed, self.epoch, i)
         rng = np.random.default_rng(key)
         self.transform.set_random_state(rng, random.Random("-".join(map(str, key))))
         sample = self.load(i)
-        if self.copy_paste:  # objects of ``copy_paste`` other training images pasted into this one
-            sample = paste_objects(sample, [self.load(int(j)) for j in rng.integers(0, len(self), self.copy_paste)],
-                                   rng)
-        if uses_mosaic(self.transform):  # three donor images for the other mosaic cells
+        if self.copy_paste:
+            donors = [self.load(int(j)) for j in rng.integers(0, len(self), self.copy_paste)]
+            sample = paste_objects(sample, donors, rng)
+        if any(isinstance(t, A.Mosaic) for t in self.transform.transforms):  # donors for the other 3 cells
             sample["mosaic_metadata"] = [self.load(int(j)) for j in rng.integers(0, len(self), 3)]
         out = self.transform(**sample)
         target = {
@@ -359,14 +244,7 @@ def pad_targets(targets: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.
 
     Padding lets the assigner work on the whole batch at once; ``gt_mask`` marks the real boxes.
     """
-    b = len(targets)
-    m = max((len(t["labels"]) for t in targets), default=0)
-    gt_boxes = torch.zeros(b, m, 4)
-    gt_labels = torch.zeros(b, m, dtype=torch.long)
-    gt_mask = torch.zeros(b, m, dtype=torch.bool)
-    for i, t in enumerate(targets):
-        n = len(t["labels"])
-        gt_boxes[i, :n] = t["boxes"]
-        gt_labels[i, :n] = t["labels"]
-        gt_mask[i, :n] = True
-    return gt_boxes, gt_labels, gt_mask
+    gt_boxes = pad_sequence([t["boxes"] for t in targets], batch_first=True)     # (B, M, 4), zeros past N_i
+    gt_labels = pad_sequence([t["labels"] for t in targets], batch_first=True)   # (B, M)
+    gt_mask = pad_sequence([torch.ones(len(t["labels"]), dtype=torch.bool) for t in targets], batch_first=True)
+    return gt_boxes.float(), gt_labels.long(), gt_mask

@@ -24,15 +24,11 @@ Differences from the papers:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from head import encode
-
-if TYPE_CHECKING:  # for the type hint only: assign.py imports this module
-    from assign import Assignment
 
 
 # --------------------------------------------------------------------------- IoU
@@ -199,11 +195,11 @@ class DetectionLoss(torch.nn.Module):
         self.box_loss_fn, self.cls_loss_fn = BOX_LOSSES[box_loss], CLS_LOSSES[cls_loss]
         self.cls_weight, self.box_weight, self.dfl_weight = cls_weight, box_weight, dfl_weight
 
-    def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, a: Assignment,
-                box_logits: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                strides: torch.Tensor | None = None) -> dict:
-        """``box_logits`` (B, A, 4, n), ``points`` (A, 2), ``strides`` (A,): a distribution head's outputs
-        (``DetectorOutput``), for the DFL term; without them the loss has no DFL term."""
+    def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, a, box_logits: torch.Tensor | None = None,
+                points: torch.Tensor | None = None, strides: torch.Tensor | None = None) -> dict:
+        """``a``: the ``assign.Assignment`` of these predictions (read here, not imported: assign.py builds on
+        this module's IoU). ``box_logits`` (B, A, 4, n), ``points`` (A, 2), ``strides`` (A,): a distribution
+        head's outputs (``DetectorOutput``), for the DFL term; without them the loss has no DFL term."""
         cls_logits, pred_boxes = cls_logits.float(), pred_boxes.float()  # the loss always runs in fp32
         norm = a.target_scores.sum().clamp(min=1)  # max(Σ targets, 1): a batch of empty images divides by 1
         loss_cls = self.cls_loss_fn(cls_logits, a.target_scores).sum() / norm

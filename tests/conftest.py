@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import sources
+from tools import sources
 
 CARD = """---
 dataset_info:

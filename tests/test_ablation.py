@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import ablation
+from tools import ablation
 
 
 def write_row(root, seed, row, m, epochs=3):

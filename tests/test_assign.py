@@ -33,7 +33,7 @@ ASSIGNERS = [TaskAlignedAssigner(topk=5), SimpleAssigner(topk=5)]
 def test_positives_lie_inside_their_gt_and_topk_is_respected(assigner):
     box = [4.0, 4.0, 44.0, 36.0]
     labels, boxes, mask = gts([box], [1])
-    a = assigner(torch.full((1, A, 2), 0.5), pred_boxes_around_points(), POINTS, labels, boxes, mask)
+    a = assigner(torch.full((1, A, 2), 0.5), pred_boxes_around_points(), POINTS, STRIDES, labels, boxes, mask)
     fg = a.fg_mask[0]
     assert 0 < fg.sum() <= 5
     assert not (fg & ~inside(box)).any(), "an anchor outside every GT became positive"
@@ -46,10 +46,10 @@ def test_positives_lie_inside_their_gt_and_topk_is_respected(assigner):
 def test_padded_gts_get_nothing_and_empty_batch_is_background(assigner):
     labels, boxes, mask = gts([[0.0, 0, 64, 64]], [0])
     mask[:] = False  # the only GT is padding
-    a = assigner(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, labels, boxes, mask)
+    a = assigner(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, STRIDES, labels, boxes, mask)
     assert not a.fg_mask.any() and (a.target_scores == 0).all()
-    a = assigner(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, torch.zeros(1, 0, dtype=torch.long),
-                 torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool))
+    a = assigner(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, STRIDES,
+                 torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.bool))
     assert not a.fg_mask.any()
 
 
@@ -58,7 +58,7 @@ def test_tiny_gt_gets_its_nearest_anchor(assigner):
     box = [9.0, 9.0, 11.0, 11.0]  # 2x2 px: no anchor point lies strictly inside
     assert not inside(box).any()
     labels, boxes, mask = gts([box], [0])
-    a = assigner(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, labels, boxes, mask)
+    a = assigner(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, STRIDES, labels, boxes, mask)
     fg = a.fg_mask[0]
     assert fg.sum() == 1
     nearest = (POINTS - 10).norm(dim=1).argmin()
@@ -67,7 +67,7 @@ def test_tiny_gt_gets_its_nearest_anchor(assigner):
 
 def test_4px_gt_gets_at_least_one_positive():
     labels, boxes, mask = gts([[30.0, 30.0, 34.0, 34.0]], [1])
-    a = TaskAlignedAssigner()(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, labels, boxes, mask)
+    a = TaskAlignedAssigner()(torch.rand(1, A, 2), pred_boxes_around_points(), POINTS, STRIDES, labels, boxes, mask)
     assert a.fg_mask.sum() >= 1
 
 
@@ -79,7 +79,7 @@ def test_conflict_goes_to_the_higher_iou_gt_among_those_that_selected_it():
     k = int(((POINTS - 20).norm(dim=1)).argmin())
     pred[0, k] = torch.tensor(gt1)
     scores = torch.full((1, A, 2), 0.5)
-    a = TaskAlignedAssigner(topk=13)(scores, pred, POINTS, labels, boxes, mask)
+    a = TaskAlignedAssigner(topk=13)(scores, pred, POINTS, STRIDES, labels, boxes, mask)
     assert a.fg_mask[0, k] and a.gt_index[0, k] == 1
     # With GT 1 unable to select it (topk=1 and a better anchor for GT 1), anchor k must go to GT 0
     # even though its IoU with GT 1 is higher: only GTs that selected the anchor compete.
@@ -90,7 +90,7 @@ def test_conflict_goes_to_the_higher_iou_gt_among_those_that_selected_it():
     scores2[0, other] = 0.9                  # ... with a higher score, so GT 1's top-1 is `other`
     scores2[0, k] = 0.9
     pred2[0, k] = torch.tensor([1.0, 1.0, 39.0, 39.0])  # k fits GT 0 well, GT 1 still overlaps it
-    a = TaskAlignedAssigner(topk=1)(scores2, pred2, POINTS, labels, boxes, mask)
+    a = TaskAlignedAssigner(topk=1)(scores2, pred2, POINTS, STRIDES, labels, boxes, mask)
     assert a.fg_mask[0, other] and a.gt_index[0, other] == 1
     assert a.fg_mask[0, k] and a.gt_index[0, k] == 0
 
@@ -102,7 +102,7 @@ def test_conflict_uses_iou_not_order():
     pred = pred_boxes_around_points(half=2.0)
     k = int(((POINTS - 20).norm(dim=1)).argmin())
     pred[0, k] = torch.tensor(gt0)
-    a = TaskAlignedAssigner(topk=13)(torch.full((1, A, 2), 0.5), pred, POINTS, labels, boxes, mask)
+    a = TaskAlignedAssigner(topk=13)(torch.full((1, A, 2), 0.5), pred, POINTS, STRIDES, labels, boxes, mask)
     assert a.fg_mask[0, k] and a.gt_index[0, k] == 0
 
 
@@ -118,8 +118,8 @@ def test_alpha_beta_roles():
     pred[0, i_conf] = torch.tensor([8.0, 8.0, 24.0, 24.0])   # IoU 0.25
     scores = torch.full((1, A, 2), 0.01)
     scores[0, i_good, 0], scores[0, i_conf, 0] = 0.2, 0.9
-    by_iou = TaskAlignedAssigner(topk=1, alpha=1.0, beta=6.0)(scores, pred, POINTS, labels, boxes, mask)
-    by_score = TaskAlignedAssigner(topk=1, alpha=6.0, beta=1.0)(scores, pred, POINTS, labels, boxes, mask)
+    by_iou = TaskAlignedAssigner(topk=1, alpha=1.0, beta=6.0)(scores, pred, POINTS, STRIDES, labels, boxes, mask)
+    by_score = TaskAlignedAssigner(topk=1, alpha=6.0, beta=1.0)(scores, pred, POINTS, STRIDES, labels, boxes, mask)
     assert by_iou.fg_mask[0, i_good] and not by_iou.fg_mask[0, i_conf]
     assert by_score.fg_mask[0, i_conf] and not by_score.fg_mask[0, i_good]
 
@@ -130,7 +130,7 @@ def test_target_score_is_normalised_alignment():
     labels, boxes, mask = gts([box], [1])
     pred = pred_boxes_around_points(half=4.0)
     scores = torch.rand(1, A, 2, generator=torch.Generator().manual_seed(0))
-    a = TaskAlignedAssigner(topk=4)(scores, pred, POINTS, labels, boxes, mask)
+    a = TaskAlignedAssigner(topk=4)(scores, pred, POINTS, STRIDES, labels, boxes, mask)
     fg = a.fg_mask[0]
     from losses import box_iou
     iou = box_iou(boxes[0], pred[0])[0][fg]
@@ -143,16 +143,22 @@ def test_batch_of_two_images_with_different_gt_counts():
     labels = torch.tensor([[0, 1], [1, 0]])
     mask = torch.tensor([[True, True], [True, False]])
     scores = torch.rand(2, A, 2, generator=torch.Generator().manual_seed(1))
-    a = TaskAlignedAssigner(topk=3)(scores, pred_boxes_around_points(batch=2), POINTS, labels, boxes, mask)
+    a = TaskAlignedAssigner(topk=3)(scores, pred_boxes_around_points(batch=2), POINTS, STRIDES, labels, boxes, mask)
     # Same result as assigning each image alone (no leakage across the batch).
     for i in range(2):
         m = int(mask[i].sum())
-        single = TaskAlignedAssigner(topk=3)(scores[i:i + 1], pred_boxes_around_points(), POINTS,
+        single = TaskAlignedAssigner(topk=3)(scores[i:i + 1], pred_boxes_around_points(), POINTS, STRIDES,
                                              labels[i:i + 1, :m], boxes[i:i + 1, :m], mask[i:i + 1, :m])
         assert torch.equal(single.fg_mask[0], a.fg_mask[i])
         torch.testing.assert_close(single.target_scores[0], a.target_scores[i])
     assert set(a.gt_index[1][a.fg_mask[1]].tolist()) == {0}
     assert a.fg_mask[0].sum() <= 6 and a.fg_mask[1].sum() <= 3
+
+
+def test_simple_assigner_priors_are_squares_of_five_strides_on_their_points():
+    priors = SimpleAssigner().prior_boxes(POINTS, STRIDES)                    # (A, 4)
+    torch.testing.assert_close(priors[:, 2:] - priors[:, :2], 5 * STRIDES[:, None].expand(-1, 2))
+    torch.testing.assert_close((priors[:, :2] + priors[:, 2:]) / 2, POINTS)
 
 
 def test_target_stats_hand_computed():

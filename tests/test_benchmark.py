@@ -1,5 +1,5 @@
 """benchmark.py: columns whose ratio is printed are timed in alternation, so drift falls on both alike."""
-import benchmark
+from tools import benchmark
 
 
 class DriftingClock:

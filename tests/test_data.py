@@ -4,8 +4,10 @@ import pytest
 import torch
 
 import data
-import datacheck
-import sources
+from tools import datacheck
+from tools import sources
+from tools.augment import paste_objects
+from tools.checks import dataset_image_size, image_header_size
 from conftest import CARD, encode_jpeg, make_dataset, make_row, synthetic_image, write_split
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -77,7 +79,7 @@ def test_collate_and_pad_targets():
 
 
 def test_default_image_size_is_the_datasets(tiny_dataset):
-    assert data.dataset_image_size(tiny_dataset) == 128
+    assert dataset_image_size(tiny_dataset) == 128
 
 
 def test_resolve_explicit_and_env(tiny_dataset, tmp_path, monkeypatch):
@@ -150,7 +152,7 @@ def test_bad_rows_default_warn_and_repair(tmp_path, kind, capsys):
     # The loader then serves the row without crashing.
     ds = data.DetectionDataset(root, "train", data.build_transforms(64, True, MEAN, STD), ["a", "b"])
     assert ds[1][1]["boxes"].shape == (left, 4)
-    # datacheck.py lists it and fails only when data had to be thrown away.
+    # tools/datacheck.py lists it and fails only when data had to be thrown away.
     with pytest.raises(SystemExit) if fatal else _no_exit():
         datacheck.main(["--data", str(root)])
     assert message in capsys.readouterr().out
@@ -175,7 +177,7 @@ def test_unreadable_image_bytes(tmp_path, capsys):
 
 def test_truncated_image_is_dropped_when_decoded(tmp_path, capsys):
     broken = good_jpeg()[:1000]  # a valid header, a cut-off body: only decoding finds out
-    assert datacheck.image_header_size(broken) == (64, 64)
+    assert image_header_size(broken) == (64, 64)
     root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
     tf = data.build_transforms(64, False, MEAN, STD)
     ds = data.DetectionDataset(root, "train", tf, ["a", "b"])  # decodes up front (cache): dropped, said so
@@ -257,7 +259,7 @@ def paste_case():
 def test_paste_objects_puts_the_donors_box_pixels_and_label_where_its_new_box_says():
     target, donor = paste_case()
     before = target["image"].copy()
-    out = data.paste_objects(target, [donor], np.random.default_rng(0))
+    out = paste_objects(target, [donor], np.random.default_rng(0))
     assert out["labels"].tolist() == [0, 1]
     x1, y1, x2, y2 = out["bboxes"][1].astype(int)
     assert (x2 - x1, y2 - y1) == (16 - 5, 20 - 6)  # the whole pixels around [5.2, 6.7, 15.1, 20.0]
@@ -273,12 +275,12 @@ def test_paste_objects_never_hides_a_labelled_box():
     donor["bboxes"] = np.array([[0, 0, 40, 40]], np.float32)  # a 40x40 crop into a 50x60 frame
     target["bboxes"] = np.array([[18, 18, 42, 32]], np.float32)  # any 40x40 place covers > 30 % of this box
     for seed in range(20):
-        out = data.paste_objects(target, [donor], np.random.default_rng(seed))
+        out = paste_objects(target, [donor], np.random.default_rng(seed))
         assert out["labels"].tolist() == [0]
         np.testing.assert_array_equal(out["image"], target["image"])
     target["bboxes"] = np.zeros((0, 4), np.float32)  # an image without objects takes the paste
     target["labels"] = np.zeros(0, np.int64)
-    assert data.paste_objects(target, [donor], np.random.default_rng(0))["labels"].tolist() == [1]
+    assert paste_objects(target, [donor], np.random.default_rng(0))["labels"].tolist() == [1]
 
 
 def test_dataset_copy_paste_adds_objects_repeatably(tiny_dataset):

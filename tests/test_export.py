@@ -6,13 +6,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-import benchmark
+from tools import benchmark
 import evaluate
-import export
-import sources
+from tools import export
+from tools import sources
 from detector import Detector
 from evaluate import postprocess
-from runtime import CheckpointError, model_from_checkpoint, read_checkpoint
+from tools.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 
 
 def trained_like_checkpoint(seed: int = 0) -> dict:

@@ -6,12 +6,12 @@ import torch
 
 matplotlib.use("Agg")
 
-import visualize  # noqa: E402
+from tools import visualize  # noqa: E402
 from assign import TaskAlignedAssigner  # noqa: E402
 from detector import Detector  # noqa: E402
 from evaluate import postprocess  # noqa: E402
 from head import make_anchor_points  # noqa: E402
-from visualize import (plot_anchor_points, plot_assignment, plot_augmentations, plot_pr_curves,  # noqa: E402
+from tools.plots import (plot_anchor_points, plot_assignment, plot_augmentations, plot_pr_curves,  # noqa: E402
                        plot_predictions, plot_score_maps)
 
 
@@ -42,7 +42,8 @@ def test_anchor_points_figure(scene):
 @pytest.mark.parametrize("zoom", [None, "all", 1])
 def test_assignment_figure(scene, zoom):
     _, _, cls_logits, boxes, points, gt, img = scene
-    a = TaskAlignedAssigner()(cls_logits.sigmoid(), boxes, points, torch.tensor([[0, 1]]), gt[None],
+    _, strides = make_anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
+    a = TaskAlignedAssigner()(cls_logits.sigmoid(), boxes, points, strides, torch.tensor([[0, 1]]), gt[None],
                               torch.ones(1, 2, dtype=torch.bool))
     rendered(plot_assignment(img, points, a, gt, "tal", zoom_to=zoom))
 
@@ -87,7 +88,7 @@ def test_per_class_ap50_and_ap75_match_torchmetrics_at_that_threshold():
     """ap_at_iou reads one IoU threshold out of the 10-threshold extended summary; torchmetrics run with
     only that threshold must give the same per-class AP (a wrong index or axis gives another number)."""
     from torchmetrics.detection import MeanAveragePrecision
-    from metrics import per_class_ap_at_iou
+    from tools.metrics import per_class_ap_at_iou
     g = torch.Generator().manual_seed(0)
     preds, targets = [], []
     for _ in range(6):

@@ -4,7 +4,7 @@ import torch
 
 from backbone import Backbone, lukemelas_to_timm, package_weights
 from detector import Detector
-from speed import depthwise_in_fp32, fuse_conv_bn
+from tools.speed import depthwise_in_fp32, fuse_conv_bn
 from head import DecoupledHead, decode, distribution_to_distance, encode, make_anchor_points
 from neck import FPN
 
@@ -155,7 +155,7 @@ def test_fused_conv_bn_gives_the_same_outputs(config):
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
     assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())  # original kept
     # bf16 weights: under bf16 autocast the convs see the same bf16 numbers, so the outputs are identical.
-    fused_bf16 = fuse_conv_bn(model, bf16=True)
+    fused_bf16 = fuse_conv_bn(model, torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in fused_bf16.parameters())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         (cls_a, boxes_a, *_), (cls_b, boxes_b, *_) = fused(x), fused_bf16(x)

@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 import evaluate
-import coco_check
 from conftest import CARD, write_split
 from data import DetectionDataset, boxes_to_image, build_transforms
+from tools import coco_check
+from tools.outputs import read_images
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Two non-square frame sizes (W, H); at 64 px both letterboxes round a side (42.67 -> 43, 38.4 -> 38).
@@ -151,6 +153,7 @@ def test_images_boxes_land_on_the_object_in_a_non_square_file(tmp_path):
     bgr = np.full((90, 150, 3), 120, np.uint8)                  # H 90, W 150
     bgr[30:70, 100:130] = (40, 40, 220)                         # red (BGR) rectangle: xyxy [100, 30, 130, 70]
     cv2.imwrite(str(tmp_path / "shot.png"), bgr)
-    [(_, rgb, det)] = evaluate.detect_image_files(RedFinder(), [tmp_path / "shot.png"], img_size=128)
+    [(_, rgb)] = read_images([str(tmp_path)])
+    det = evaluate.detect_image(RedFinder(), rgb, img_size=128)
     assert rgb.shape == (90, 150, 3)
     torch.testing.assert_close(det["boxes"][0], torch.tensor([100.0, 30, 130, 70]), atol=1.5, rtol=0)

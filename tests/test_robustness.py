@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import evaluate
-import runtime
+from tools.checkpoint import read_checkpoint
+from tools.checks import round_to_stride
 import train
 from conftest import make_dataset
 
@@ -54,7 +55,7 @@ def test_sigkill_mid_training_then_resume(small_data, tmp_path):
     assert 2 <= done < 8, "the run should have been killed part-way"
     # Written atomically: whatever moment the kill hit, last.pt is a complete checkpoint.
     # (metrics.csv is written just after last.pt, so the kill may fall between the two.)
-    assert runtime.read_checkpoint(str(tmp_path / "killed" / "last.pt"))["epoch"] in (done - 1, done)
+    assert read_checkpoint(str(tmp_path / "killed" / "last.pt"))["epoch"] in (done - 1, done)
     train.main(["--resume", str(tmp_path / "killed" / "last.pt")])
     rows = read_rows(metrics)
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
@@ -89,7 +90,7 @@ def test_non_finite_loss_skips_then_stops(small_data, tmp_path, monkeypatch, cap
 @pytest.mark.slow
 def test_checkpoint_holds_everything_to_resume(checkpoint):
     ckpt = torch.load(checkpoint, weights_only=False)
-    for key in ("model", "train_model", "optimizer", "scheduler", "epoch", "rng", "model_config", "class_names",
+    for key in ("model", "train_model", "optimizer", "scaler", "epoch", "step", "rng", "model_config", "class_names",
                 "train_args", "best_map", "history"):
         assert key in ckpt, key
     assert not list(checkpoint.parent.glob("*.tmp"))
@@ -161,5 +162,5 @@ def test_cuda_without_cuda_is_a_clear_error(checkpoint, small_data, tmp_path):
 
 
 def test_image_size_rounded_up_with_a_message(capsys):
-    assert runtime.round_to_stride(100) == 128 and runtime.round_to_stride(416) == 416
+    assert round_to_stride(100) == 128 and round_to_stride(416) == 416
     assert "not a multiple" in capsys.readouterr().out

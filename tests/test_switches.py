@@ -11,14 +11,15 @@ import torchvision
 import data
 import evaluate
 import train
-import visualize
 from backbone import Backbone
 from conftest import make_dataset
 from detector import Detector
-from evaluate import detect, postprocess
+from evaluate import box_voting, detect, fuse_passes, postprocess, soft_nms
 from losses import bce_loss, quality_focal_loss, varifocal_loss
 from neck import PAN, CSPBlock, build_neck
-from nms_variants import box_voting, fuse_passes, predict_passes, soft_nms
+from tools.augment import multi_scale
+from tools.plots import to_uint8_image
+from tools.run import iters_that_fit
 
 
 # --------------------------------------------------------------------------- neck
@@ -134,7 +135,7 @@ def test_wbf_keeps_a_strong_object_above_an_isolated_weak_pair():
     scores = torch.cat([torch.tensor([0.8]), torch.linspace(0.3, 0.02, 29), torch.tensor([0.5, 0.45])])
     logits = torch.full((1, 32, 2), -20.0)
     logits[0, :, 0] = torch.logit(scores)
-    det = postprocess(logits, boxes, method="wbf")[0]
+    det = postprocess(logits, boxes, method="vote")[0]
     assert det["scores"][:2].tolist() == pytest.approx([0.8, 0.5])
     assert torchvision.ops.box_iou(det["boxes"][:1], strong[None]).item() > 0.9
 
@@ -152,7 +153,13 @@ def test_wbf_keeps_a_strong_object_above_an_isolated_weak_pair():
     torch.testing.assert_close(det["boxes"][0], strong, atol=1e-3, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["nms", "soft-nms", "wbf"])
+def test_wbf_without_tta_is_a_clear_error():
+    # WBF fuses the outputs of two passes; one pass has nothing to fuse (--nms vote is NMS + box voting).
+    with pytest.raises(ValueError, match="flip TTA"):
+        detect(torch.nn.Identity(), torch.zeros(1, 3, 32, 32), method="wbf")
+
+
+@pytest.mark.parametrize("method", ["nms", "soft-nms", "vote"])
 def test_postprocess_methods_keep_the_obvious_detection(method):
     logits = torch.full((1, 3, 2), -10.0)
     logits[0, 0, 1], logits[0, 1, 1] = 3.0, 2.0  # two overlapping class-1 boxes
@@ -162,7 +169,7 @@ def test_postprocess_methods_keep_the_obvious_detection(method):
     assert torchvision.ops.box_iou(det["boxes"][:1], boxes[0, :1])[0, 0] > 0.95
 
 
-@pytest.mark.parametrize("method", ["nms", "soft-nms", "wbf"])
+@pytest.mark.parametrize("method", ["nms", "soft-nms", "vote"])
 def test_postprocess_methods_with_no_candidate_return_empty(method):
     # An early checkpoint can score every anchor below the threshold on an image: no detection, no crash.
     logits = torch.full((2, 3, 2), -10.0)
@@ -174,7 +181,7 @@ def test_postprocess_methods_with_no_candidate_return_empty(method):
 
 
 def test_best_match_ious_hand_computed():
-    from metrics import best_match_ious
+    from tools.metrics import best_match_ious
     det = {"boxes": torch.tensor([[0.0, 0, 10, 5], [0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]),
            "scores": torch.tensor([0.9, 0.1, 0.8, 0.9]),  # the exact box scores below min_score: not counted
            "labels": torch.tensor([0, 0, 1, 0]),
@@ -191,15 +198,14 @@ def test_tta_flips_boxes_back():
         """Predicts the pixel span of the brightest column: a flip-equivariant "detector"."""
         def forward(self, images):
             col = images[0, 0].sum(0).argmax().float()
-            return torch.zeros(1, 1, 2), torch.stack([col, col * 0, col + 1, col * 0 + 4])[None, None], None
+            return torch.zeros(1, 1, 1), torch.stack([col, col * 0, col + 1, col * 0 + 4])[None, None], None
 
     images = torch.zeros(1, 3, 8, 32)
     images[..., 5] = 1.0
-    (_, boxes), (_, flipped) = predict_passes(Fixed(), images, tta=True)
-    assert boxes.shape == flipped.shape == (1, 1, 4)
-    # The flipped pass sees the column at 26, predicts [26, 0, 27, 4] and maps it back to [5, 0, 6, 4].
-    torch.testing.assert_close(flipped[0, 0], torch.tensor([5.0, 0, 6, 4]))
-    torch.testing.assert_close(boxes[0, 0], flipped[0, 0])
+    # The flipped pass sees the column at 26, predicts [26, 0, 27, 4] and maps it back to [5, 0, 6, 4]: the
+    # same box as the plain pass, so NMS leaves one (a box not flipped back would stand apart as a second).
+    det = detect(Fixed(), images, tta=True)[0]
+    torch.testing.assert_close(det["boxes"], torch.tensor([[5.0, 0, 6, 4]]))
 
 
 # --------------------------------------------------------------------------- schedules
@@ -231,11 +237,11 @@ def test_close_mosaic_default_is_the_last_eighth():
 
 def test_time_budget_replans_iterations():
     # 10 s for 100 iterations = 0.1 s each: a 100 s budget holds 1000.
-    assert train.iters_that_fit(10.0, 100, budget_s=100, max_iters=8000) == 1000
-    assert train.iters_that_fit(40.0, 200, budget_s=100, max_iters=8000) == 500    # slower: fewer fit
-    assert train.iters_that_fit(70.0, 700, budget_s=50, max_iters=8000) == 700     # never fewer than done
-    assert train.iters_that_fit(1.0, 100, budget_s=1000, max_iters=8000) == 8000   # never more than --epochs
-    assert train.iters_that_fit(10.0, 100, budget_s=105, max_iters=8000) == 1050   # not rounded to epochs
+    assert iters_that_fit(10.0, 100, budget_s=100, max_iters=8000) == 1000
+    assert iters_that_fit(40.0, 200, budget_s=100, max_iters=8000) == 500    # slower: fewer fit
+    assert iters_that_fit(70.0, 700, budget_s=50, max_iters=8000) == 700     # never fewer than done
+    assert iters_that_fit(1.0, 100, budget_s=1000, max_iters=8000) == 8000   # never more than --epochs
+    assert iters_that_fit(10.0, 100, budget_s=105, max_iters=8000) == 1050   # not rounded to epochs
 
 
 @pytest.mark.slow
@@ -278,7 +284,7 @@ def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
             image, t = ds[i]
-            img = visualize.to_uint8_image(image, mean, std).astype(int)
+            img = to_uint8_image(image, mean, std).astype(int)
             for box, label in zip(t["boxes"].tolist(), t["labels"].tolist()):
                 x1, y1, x2, y2 = box
                 assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
@@ -298,7 +304,7 @@ def test_multi_scale_boxes_follow_the_pixels():
         images[b, :, y1:y2, x1:x2] = 1.0
     sides = set()
     for _ in range(20):
-        out, out_boxes = data.multi_scale(images, boxes, 0.5)
+        out, out_boxes = multi_scale(images, boxes, 0.5)
         side = out.shape[-1]
         sides.add(side)
         assert out.shape[:2] == (2, 3) and out.shape[-2] == side and side % 32 == 0 and 64 <= side <= 192
@@ -312,12 +318,12 @@ def test_multi_scale_boxes_follow_the_pixels():
 
 def test_multi_scale_off_and_resumable():
     images, boxes = torch.rand(1, 3, 96, 96), torch.tensor([[[1.0, 2.0, 30.0, 40.0]]])
-    assert data.multi_scale(images, boxes, 0.0) == (images, boxes)
+    assert multi_scale(images, boxes, 0.0) == (images, boxes)
     torch.manual_seed(3)
     state = torch.get_rng_state()          # last.pt saves this generator, so a resumed run draws the same sides
-    first = [data.multi_scale(images, boxes, 0.5)[0].shape[-1] for _ in range(8)]
+    first = [multi_scale(images, boxes, 0.5)[0].shape[-1] for _ in range(8)]
     torch.set_rng_state(state)
-    assert [data.multi_scale(images, boxes, 0.5)[0].shape[-1] for _ in range(8)] == first and len(set(first)) > 1
+    assert [multi_scale(images, boxes, 0.5)[0].shape[-1] for _ in range(8)] == first and len(set(first)) > 1
 
 
 @pytest.mark.parametrize("bad", ["1", "-0.1", "x"])
@@ -368,7 +374,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path, monkeypatch):
 def test_head_switches_train_and_reload(tmp_path):
     """--box-bins trains a distribution head and --head-conv depthwise depthwise-separable branch convs; the
     checkpoint rebuilds the same head for evaluation."""
-    from runtime import load_checkpoint
+    from tools.checkpoint import load_checkpoint
     root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
     res = train.main(["--data", str(root), "--out", str(tmp_path), "--name", "dfl", "--workers", "0", "--epochs", "1",
                       "--batch-size", "4", "--img-size", "64", "--box-bins", "8", "--head-conv", "depthwise"])
@@ -399,7 +405,7 @@ def test_other_backbones_load_timms_download_online(monkeypatch):
     """Online, a timm name without a weights file gets timm's own download; the download is replaced here
     by a model whose weights are all 0.5, so the test needs no network and sees where the weights came from."""
     import timm
-    import sources
+    from tools import sources
     real = timm.create_model
 
     def fake_create_model(name, pretrained=False, **kwargs):

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-import runtime
 import train
 from conftest import make_dataset
+from tools.run import new_run_dir
 
 
 def run_args(root, out, *extra):
-    """No --workers: these runs take train.py's default (no loader workers on CPU, runtime.default_workers)."""
+    """No --workers: these runs take train.py's default (no loader workers on CPU, tools.device.default_workers)."""
     return ["--data", str(root), "--out", str(out), "--seed", "0", *extra]
 
 
@@ -65,18 +65,15 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 
 def test_new_run_dir_never_overwrites(tmp_path):
-    first = runtime.new_run_dir(str(tmp_path), "exp")
-    second = runtime.new_run_dir(str(tmp_path), "exp")
+    first = new_run_dir(str(tmp_path), "exp")
+    second = new_run_dir(str(tmp_path), "exp")
     assert first.name == "exp" and second.name == "exp-2"
 
 
-def test_scheduler_warms_up_then_decays():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = train.make_scheduler(opt, total_iters=100, warmup_iters=10)
-    lrs = []
-    for _ in range(100):
-        lrs.append(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
+def test_lr_warms_up_then_decays():
+    lrs = [train.lr_at(it, total=100, warmup=10) for it in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.05, abs=1e-3)
+    # Half-way through the cosine the factor is half-way between 1 and the floor: 0.05 + 0.95 / 2.
+    assert train.lr_at(55, total=100, warmup=10) == pytest.approx(0.525)
+    assert train.lr_at(100, total=100, warmup=10) == train.lr_at(500, total=100, warmup=10) == pytest.approx(0.05)

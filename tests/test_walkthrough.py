@@ -1,4 +1,5 @@
-"""WALKTHROUGH.md stays true: every code line it quotes still appears in the file its section names."""
+"""WALKTHROUGH.md stays true: every code block it quotes is a contiguous run of the file its section names
+(``...`` on a line of its own marks lines left out; each run between two of them must be contiguous)."""
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ def code(line: str) -> str:
 
 
 def quoted_blocks():
-    """(section's file, [quoted code lines]) for every ```python block of WALKTHROUGH.md."""
+    """(section's file, [runs of quoted code lines, split at "..."]) for every ```python block."""
     text = (REPO / "WALKTHROUGH.md").read_text()
     blocks, source = [], None
     for part in re.split(r"(^## [^\n]*$|```python\n.*?```)", text, flags=re.M | re.S):
@@ -20,15 +21,41 @@ def quoted_blocks():
         if header:
             source = header.group(1)
         elif part.startswith("```python"):
-            lines = [code(line) for line in part.splitlines()[1:-1]]
-            blocks.append((source, [line for line in lines if line and line != "..."]))
+            runs = [[]]
+            for line in map(code, part.splitlines()[1:-1]):
+                if line == "...":
+                    runs.append([])
+                elif line:
+                    runs[-1].append(line)
+            blocks.append((source, [run for run in runs if run]))
     return blocks
 
 
-def test_walkthrough_quotes_code_that_exists():
+def is_contiguous_run(run: list[str], lines: list[str], start: int = 0) -> int | None:
+    """Where ``run`` stands as consecutive code lines of ``lines`` (blank and comment-only lines skipped) at
+    or after index ``start``: the index just past it, or None."""
+    code_lines = [(i, c) for i, c in ((i, code(line)) for i, line in enumerate(lines)) if c and i >= start]
+    texts = [c for _, c in code_lines]
+    for k in range(len(texts) - len(run) + 1):
+        if texts[k:k + len(run)] == run:
+            return code_lines[k + len(run) - 1][0] + 1
+    return None
+
+
+def test_contiguity_check_rejects_a_quote_with_a_silent_gap():
+    lines = ["a = 1", "", "# a comment", "b = 2  # note", "c = 3", "d = 4"]
+    assert is_contiguous_run(["a = 1", "b = 2"], lines) == 4
+    assert is_contiguous_run(["a = 1", "c = 3"], lines) is None       # b = 2 left out without "..."
+    assert is_contiguous_run(["c = 3"], lines, start=5) is None         # runs must come in file order
+
+
+def test_walkthrough_quotes_contiguous_code_that_exists():
     blocks = quoted_blocks()
     assert len(blocks) >= 8, "every course section quotes its code"
-    for source, lines in blocks:
-        repo_lines = {code(line) for line in (REPO / source).read_text().splitlines()}
-        stale = [line for line in lines if line not in repo_lines]
-        assert not stale, f"WALKTHROUGH.md quotes lines that {source} no longer has: {stale}"
+    for source, runs in blocks:
+        lines = (REPO / source).read_text().splitlines()
+        start = 0
+        for run in runs:
+            end = is_contiguous_run(run, lines, start)
+            assert end is not None, f"WALKTHROUGH.md quotes lines that are not a contiguous run of {source}: {run}"
+            start = end

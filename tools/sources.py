@@ -22,8 +22,8 @@ HF_DATASET = "Francesco/halo-infinite-angel-videogame"
 LOCAL_CLONE = Path("data") / "halo-infinite-angel-videogame"
 # Class names of the course dataset, used when a dataset has no card. Index = model class id.
 HALO_CLASSES = ["enemy", "enemy-head", "friendly", "friendly-head"]
-# The offline stand-in (same parquet layout), next to the repo.
-OFFLINE_STANDIN = Path(__file__).resolve().parent.parent / "shared" / "data" / "valorant-object-detection"
+# The offline stand-in (same parquet layout), in ../shared beside the repo.
+OFFLINE_STANDIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "valorant-object-detection"
 
 
 class DataError(ValueError):

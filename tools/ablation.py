@@ -1,10 +1,10 @@
 """The ablation table of RESULTS.md: one train.py run per row, all with the same time budget, seed and size.
 
-    python ablation.py --time 10                     # runs every row not finished yet, then prints the table
-    python ablation.py --time 10 --only baseline +TAL
-    python ablation.py --time 10 --table             # only print the table of the finished rows
-    python ablation.py --time 10 --seed 1            # a second seed, for rows closer than ~0.02
-    python ablation.py --time 10 --table --table-seeds 0 1 --plot table.png --curves curves.png
+    python -m tools.ablation --time 10                     # runs every row not finished yet, then prints the table
+    python -m tools.ablation --time 10 --only baseline +TAL
+    python -m tools.ablation --time 10 --table             # only print the table of the finished rows
+    python -m tools.ablation --time 10 --seed 1            # a second seed, for rows closer than ~0.02
+    python -m tools.ablation --time 10 --table --table-seeds 0 1 --plot table.png --curves curves.png
 
 Rows 1-7 build the table's default row step by step (simple assigner, IoU loss, no augmentation ->
 ... -> TAL + GIoU + basic augmentation, no EMA); every later row changes ONE thing against that row.

@@ -1,13 +1,13 @@
 """Speed on this machine: how close training and inference come to the backbone's own cost.
 
-    python benchmark.py                          # sizes 320 416 640, default config, precisions as in use
-    python benchmark.py --sizes 416 --threads 2 --no-amp --infer-amp   # fp32 training, bf16 inference
-    python benchmark.py --sizes 416 --no-fp32-depthwise   # trainable depthwise convs in bf16 too
+    python -m tools.benchmark                          # sizes 320 416 640, default config, precisions as in use
+    python -m tools.benchmark --sizes 416 --threads 2 --no-amp --infer-amp   # fp32 training, bf16 inference
+    python -m tools.benchmark --sizes 416 --no-fp32-depthwise   # trainable depthwise convs in bf16 too
 
-Precision follows the repo: training columns under bf16 autocast where the CPU has native bf16
-(``--amp``, as train.py), inference columns in fp32 on CPU (``--infer-amp``, as evaluate.py: on a
-CPU fp32 inference is the faster one, see ``runtime.inference_amp``). The measures of ``speed.py``
-(fp32 depthwise convs in training, BN folding for inference) are switched here to measure them.
+Device and precision follow the repo's policy (tools/device.py), as train.py and evaluate.py use them:
+``--amp`` / ``--infer-amp`` override it for the training and the inference columns. The measures of
+tools/speed.py (fp32 depthwise convs in CPU training, BN folding for inference) are switched here to
+measure them. On a GPU every timed call ends with a ``torch.cuda.synchronize``.
 
 A training step can't be faster than the backbone's forward + backward (with the same frozen /
 trainable blocks); everything else (neck, head, assigner, loss, optimizer) is overhead on top of
@@ -47,9 +47,10 @@ from data import DetectionDataset, build_transforms, collate, pad_targets
 from detector import Detector
 from evaluate import postprocess
 from losses import DetectionLoss
-from runtime import CheckpointError, amp_supported, default_workers, inference_amp, load_checkpoint
-from sources import load_class_names, resolve_data_root
-from speed import depthwise_in_fp32, fuse_conv_bn
+from tools.checkpoint import CheckpointError, load_checkpoint
+from tools.device import DeviceError, autocast, choose, default_workers, resolve_device
+from tools.sources import load_class_names, resolve_data_root
+from tools.speed import depthwise_in_fp32, fuse_conv_bn
 from train import make_optimizer
 
 
@@ -63,24 +64,23 @@ def timed_together(fns: dict, repeats: int, warmup: int) -> dict:
     ``warmup`` untimed rounds. Alternating is what makes a ratio of two columns mean something: whatever
     drifts during the measurement (clock speed, another process, caches and allocator still warming up)
     falls on both alike. Timed one after the other, a drift falls on one column only and shows up in their
-    ratio (RESULTS.md section 5 measures both orders)."""
+    ratio (RESULTS.md, "Speed", measures both orders)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # GPU work is asynchronous
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-
-
-def floor_and_step(model, amp: bool):
+def floor_and_step(model, dtype):
     """The two functions whose ratio is step/floor, on a model in train mode:
     ``backbone_step(images)``: the floor, the backbone's forward + backward through its trainable blocks;
     ``train_step(images, gt_boxes, gt_labels, gt_mask)``: forward + assign + loss + backward + AdamW step.
@@ -90,17 +90,17 @@ def floor_and_step(model, amp: bool):
 
     def backbone_step(images):
         model.zero_grad(set_to_none=True)  # as the step's optimizer.zero_grad: fresh gradients, no accumulation
-        with autocast(amp):
+        with autocast(images.device, dtype):
             feats = [f for f in model.backbone(images) if f.requires_grad]  # the maps of trainable stages
         # Each map gets a gradient as the neck sends one back in training: in the map's own dtype (bf16 under
         # autocast) and memory layout (channels_last).
         torch.autograd.backward(feats, [torch.ones_like(f) for f in feats])
 
     def train_step(images, gt_boxes, gt_labels, gt_mask):
-        with autocast(amp):
+        with autocast(images.device, dtype):
             out = model(images)
-        a = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points, gt_labels, gt_boxes,
-                     gt_mask)
+        a = assigner(out.cls_logits.detach().float().sigmoid(), out.boxes.detach(), out.points, out.strides,
+                     gt_labels, gt_boxes, gt_mask)
         loss = criterion(out.cls_logits, out.boxes, a, out.box_logits, out.points, out.strides)["total"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,23 +109,23 @@ def floor_and_step(model, amp: bool):
     return backbone_step, train_step
 
 
-def bench_size(size: int, args, root, names) -> dict:
+def bench_size(size: int, args, root, names, device, train_dtype, infer_dtype) -> dict:
     torch.manual_seed(0)
     if args.checkpoint:  # trained weights: realistic numbers of candidates reach NMS
-        model, _ = load_checkpoint(args.checkpoint, fuse=False)  # the training step needs BN
+        model, _ = load_checkpoint(args.checkpoint, device, fuse=False)  # the training step needs BN
     else:
-        model = Detector(len(names)).to(memory_format=torch.channels_last)
+        model = Detector(len(names)).to(device, memory_format=torch.channels_last)
     depthwise_in_fp32(model, args.fp32_depthwise)
     mean, std = model.backbone.mean, model.backbone.std
     # Not cached: the loader column below times JPEG decode + augment, the pipeline's worst case.
     train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names, cache=False)
     b = args.batch_size
     images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
-    images = images.contiguous(memory_format=torch.channels_last)
-    gt_boxes, gt_labels, gt_mask = pad_targets(targets)
+    images = images.to(device, memory_format=torch.channels_last)
+    gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
 
     model.train()
-    backbone_step, train_step = floor_and_step(model, args.amp)
+    backbone_step, train_step = floor_and_step(model, train_dtype)
     r = {"size": size}
     both = timed_together({"backbone_fb": lambda: backbone_step(images),
                            "train_step": lambda: train_step(images, gt_boxes, gt_labels, gt_mask)},
@@ -151,24 +151,25 @@ def bench_size(size: int, args, root, names) -> dict:
         loader = torch.utils.data.DataLoader(loop_ds, b, shuffle=True, drop_last=True, collate_fn=collate,
                                              num_workers=args.workers, generator=torch.Generator().manual_seed(0))
         for batch_images, batch_targets in itertools.islice(loader, args.loop_steps):
-            train_step(batch_images.contiguous(memory_format=torch.channels_last), *pad_targets(batch_targets))
+            train_step(batch_images.to(device, memory_format=torch.channels_last),
+                       *(t.to(device) for t in pad_targets(batch_targets)))
 
     r["loop"] = timed(train_loop, 1, 0) / (args.loop_steps * b)
 
     # 5. inference: backbone alone and the whole model + post-processing, batch 1 and batch 8
     model.eval()
-    fused = fuse_conv_bn(model, bf16=args.infer_amp)
+    fused = fuse_conv_bn(model, infer_dtype)
     one, eight = images[:1], images[:1].repeat(8, 1, 1, 1).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def infer(m, x):
-        with autocast(args.infer_amp):
+        with autocast(device, infer_dtype):
             cls_logits, boxes, *_ = m(x)
         return postprocess(cls_logits, boxes)
 
     @torch.no_grad()
     def backbone_fwd():
-        with autocast(args.infer_amp):
+        with autocast(device, infer_dtype):
             model.backbone(one)
 
     r |= timed_together({"backbone_fwd_b1": backbone_fwd, "infer_b1": lambda: infer(model, one),
@@ -181,12 +182,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 416, 640])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
+    p.add_argument("--device", default="auto", help="auto: the first CUDA GPU if there is one, else the CPU")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the training columns (default: on where supported, as train.py)")
+                   help="autocast for the training columns (default: the policy of tools/device.py, as train.py)")
     p.add_argument("--infer-amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the inference columns (default: as evaluate.py, off on CPU)")
-    p.add_argument("--fp32-depthwise", action=argparse.BooleanOptionalAction, default=True,
-                   help="trainable depthwise convs in fp32 under autocast (as train.py; see speed.depthwise_in_fp32)")
+                   help="autocast for the inference columns (default: the policy, as evaluate.py; off on CPU)")
+    p.add_argument("--fp32-depthwise", action=argparse.BooleanOptionalAction, default=None,
+                   help="trainable depthwise convs in fp32 under autocast (default: on CPU only, as train.py; "
+                        "tools/speed.py)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers for the loader and loop columns (default: as train.py, 0 on CPU)")
@@ -199,20 +202,22 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.amp is None:
-        args.amp = amp_supported(torch.device("cpu"))
-    if args.infer_amp is None:
-        args.infer_amp = inference_amp("cpu")
-    if args.workers is None:
-        args.workers = default_workers(torch.device("cpu"))
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        sys.exit(f"error: {e}")
+    train_dtype = choose(device, args.amp, "train").train
+    infer_dtype = choose(device, args.infer_amp, "infer").infer
+    args.fp32_depthwise = device.type == "cpu" if args.fp32_depthwise is None else args.fp32_depthwise
+    args.workers = default_workers(device) if args.workers is None else args.workers
     root = resolve_data_root(args.data)
     names = load_class_names(root)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast: training "
-          f"{'on' if args.amp else 'off'} (trainable depthwise convs in {'fp32' if args.fp32_depthwise else 'bf16'}), "
-          f"inference {'on' if args.infer_amp else 'off'}, "
-          f"batch {args.batch_size}, {args.workers} loader workers, median of {args.repeats}")
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, autocast: training "
+          f"{train_dtype or 'off'} (trainable depthwise convs in {'fp32' if args.fp32_depthwise else 'autocast'}), "
+          f"inference {infer_dtype or 'off'}, batch {args.batch_size}, {args.workers} loader workers, "
+          f"median of {args.repeats}")
     try:
-        rows = [bench_size(s, args, root, names) for s in args.sizes]
+        rows = [bench_size(s, args, root, names, device, train_dtype, infer_dtype) for s in args.sizes]
     except CheckpointError as e:  # e.g. an exported (BN-folded) file: the training columns need BatchNorm
         sys.exit(f"error: {e}")
     ms = 1000

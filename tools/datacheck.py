@@ -1,119 +1,29 @@
-"""Checking a dataset before training on it: statistics, problem rows, augmented samples. Not a course concept.
+"""Checking a dataset before training on it: statistics, problem rows, augmented samples.
 
-    python datacheck.py [--data DIR] [--img-size S]          # per split: counts, box sizes, every problem row
-    python datacheck.py --show-aug 8 --aug strong --out aug.png   # a grid of augmented training samples
-    python datacheck.py --show-aug 8 --aug basic --copy-paste 3 --out paste.png   # copy-paste, without mosaic
+    python -m tools.datacheck [--data DIR] [--img-size S]          # per split: counts, box sizes, every problem row
+    python -m tools.datacheck --show-aug 8 --aug strong --out aug.png   # a grid of augmented training samples
+    python -m tools.datacheck --show-aug 8 --aug basic --copy-paste 3 --out paste.png   # copy-paste, no mosaic
 
-The checks themselves run whenever data.py reads a split (``data.parse_row``: bad boxes dropped, boxes
-crossing the border clipped, one warning each; ``train.py --strict`` makes them errors). This script lists
-them all at once, without training, and exits with code 1 if a row would lose data.
+The checks themselves (``tools/checks.py``) run whenever data.py reads a split; this script lists them all at
+once, without training, and exits with code 1 if a row would lose data.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
-from PIL import Image
 
+from data import AUG_LEVELS, SPLITS, DetectionDataset, build_transforms, letterbox_size, scan_split
 from losses import box_iou
-from sources import DataError, load_class_names, resolve_data_root
-
-@dataclass
-class Problem:
-    """Something wrong with a row. ``fatal``: data had to be thrown away (a box or the whole image);
-    otherwise it was repaired (clipped). With ``strict`` every problem is an error."""
-    where: str
-    what: str
-    fatal: bool
-
-    def __str__(self):
-        return f"{self.where}: {self.what}"
+from tools.checks import dataset_image_size, image_header_size
+from tools.plots import plot_augmentations, to_uint8_image
+from tools.sources import DataError, load_class_names, resolve_data_root
 
 
-def image_header_size(data: bytes | None) -> tuple[int, int] | None:
-    """(width, height) read from the image header only (fast), or None if the bytes are not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:
-        return None
-
-
-def check_image(row: dict, where: str) -> tuple[tuple[int, int] | None, list[Problem]]:
-    """The image's (W, H) from its header (None: not an image, skipped) and whether the row's width/height
-    columns agree with it."""
-    img = row["image"]
-    size = image_header_size(img.get("bytes") if isinstance(img, dict) else None)
-    if size is None:
-        return None, [Problem(where, "image bytes could not be decoded (image skipped)", True)]
-    if (row.get("width"), row.get("height")) != size:
-        return size, [Problem(where, f"width/height columns say {row.get('width')}x{row.get('height')}, "
-                                     f"the image is {size[0]}x{size[1]} (the image's size is used)", False)]
-    return size, []
-
-
-def check_objects(row: dict, where: str):
-    """The row's boxes and categories as arrays, ((N, 4) float32 COCO xywh, (N,) int64), or None (image
-    skipped) when they are not N boxes of 4 numbers with N categories."""
-    objs = row["objects"] if row["objects"] is not None else {}
-    bbox, cats = list(objs.get("bbox", [])), np.asarray(objs.get("category", []), dtype=np.int64).reshape(-1)
-    try:
-        xywh = np.array([np.asarray(b, dtype=np.float32) for b in bbox], dtype=np.float32).reshape(len(bbox), 4)
-    except ValueError:
-        return None, [Problem(where, "bbox entries are not 4 numbers [x, y, w, h] (image skipped)", True)]
-    if len(cats) != len(xywh):
-        return None, [Problem(where, f"{len(xywh)} boxes but {len(cats)} categories (image skipped)", True)]
-    return (xywh, cats), []
-
-
-def check_boxes(xywh: np.ndarray, cats: np.ndarray, boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int],
-                num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-    """Which boxes to keep: (N,) bool, the (N, 4) xyxy boxes clipped to the (W, H) image, and the problems.
-    Dropped: non-positive width/height, a category outside the class list, a box entirely outside the
-    image; clipped: a box partly outside (by more than 1 px of rounding)."""
-    problems, (w, h) = [], size
-    keep = np.ones(len(boxes), bool)
-    for k in range(len(boxes)):
-        if not np.isfinite(xywh[k]).all() or xywh[k, 2] <= 0 or xywh[k, 3] <= 0:
-            problems.append(Problem(where, f"box {k} {xywh[k].tolist()} has non-positive width/height "
-                                           "(COCO x, y, w, h; box dropped)", True))
-            keep[k] = False
-        elif not 0 <= labels[k] < num_classes:
-            problems.append(Problem(where, f"box {k}: category id {int(cats[k])} is outside the class list "
-                                           f"(valid: 1..{num_classes}; box dropped)", True))
-            keep[k] = False
-    inside = boxes.copy()
-    inside[:, 0::2] = inside[:, 0::2].clip(0, w)
-    inside[:, 1::2] = inside[:, 1::2].clip(0, h)
-    for k in np.nonzero(keep)[0]:
-        if np.abs(inside[k] - boxes[k]).max() > 1:  # more than rounding noise outside the image
-            gone = inside[k, 2] - inside[k, 0] < 1 or inside[k, 3] - inside[k, 1] < 1
-            problems.append(Problem(where, f"box {k} {boxes[k].round(1).tolist()} (xyxy) lies "
-                                           f"{'entirely' if gone else 'partly'} outside the {w}x{h} image "
-                                           f"({'dropped' if gone else 'clipped'})", bool(gone)))
-            keep[k] &= not gone
-    return keep, inside, problems
-
-
-def report(problems: list[Problem], split: str, strict: bool = False) -> None:
-    """One warning line per problem plus a summary; with ``strict`` the first problem is a DataError."""
-    if problems and strict:
-        raise DataError(f"{problems[0]}  [--strict: fix the row or train without --strict]")
-    for p in problems:
-        print(f"[data] warning: {p}", file=sys.stderr)
-    if problems:
-        dropped = sum(p.fatal for p in problems)
-        print(f"[data] {split}: {len(problems)} problem(s), {dropped} box(es)/image(s) dropped, "
-              f"{len(problems) - dropped} repaired; `python datacheck.py` lists them", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- the whole dataset at once
-# (these import data.py inside: data.py is built on the checks above)
 def max_same_class_iou(records: list) -> tuple[int, float]:
     """(number of same-class GT pairs inside one image, the largest IoU among them).
 
@@ -135,7 +45,6 @@ def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8, im
     With ``img_size`` the box sizes are those the model sees after the letterbox resize to that size
     (the longer side scaled to ``img_size``), e.g. how many heads stay under the finest stride at 640 px.
     Returns True when nothing had to be thrown away (no fatal problem)."""
-    from data import SPLITS, scan_split
     ok = True
     for split in SPLITS:
         try:
@@ -148,7 +57,6 @@ def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8, im
         boxes = np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4))
         wh = boxes[:, 2:] - boxes[:, :2]
         if img_size and len(records):
-            from data import letterbox_size  # data.py imports this module: import at use
             # letterbox: each image is resized to letterbox_size's (h, w), so its boxes scale by w / W, h / H
             scale = []
             for r in records:
@@ -178,10 +86,6 @@ def check_dataset(root: Path, class_names: list[str], finest_stride: int = 8, im
 
 
 def main(argv=None):
-    import timm
-
-    from data import AUG_LEVELS, DetectionDataset, build_transforms, dataset_image_size
-
     p = argparse.ArgumentParser(description="Inspect a parquet detection dataset: statistics and problem rows "
                                             "(default), or a picture of augmented samples (--show-aug).")
     p.add_argument("--data", default=None, help="dataset root (default: auto, see README)")
@@ -204,8 +108,6 @@ def main(argv=None):
                                   seed=args.seed, copy_paste=args.copy_paste)
             picks = np.random.default_rng(args.seed).choice(len(ds), min(args.show_aug, len(ds)), replace=False)
             samples = [ds[int(i)] for i in picks]
-            from visualize import plot_augmentations, to_uint8_image
-
             fig = plot_augmentations([to_uint8_image(img, cfg.mean, cfg.std) for img, _ in samples],
                                      [t for _, t in samples], names)
             fig.savefig(args.out, dpi=80)

@@ -1,7 +1,7 @@
 """Score a COCO results file with pycocotools against a split's own parquet annotations.
 
     python evaluate.py --checkpoint runs/NAME/best.pt --save-json dets.json
-    python coco_check.py dets.json [--data DIR] [--split test]
+    python -m tools.coco_check dets.json [--data DIR] [--split test]
 
 This is how anyone outside this repo scores a detector: the dataset's ``image_id``, its own
 1-based ``category_id`` and COCO [x, y, w, h] boxes in the image's pixels, straight from the
@@ -20,8 +20,9 @@ import pandas as pd
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data import FIRST_CATEGORY_ID, DataError, split_files
-from sources import load_class_names, resolve_data_root
+from data import FIRST_CATEGORY_ID
+from tools.checks import split_files
+from tools.sources import DataError, load_class_names, resolve_data_root
 
 
 def coco_ground_truth(root, split: str = "test") -> COCO:

@@ -1,12 +1,12 @@
 """A trained checkpoint as a small file to ship: BatchNorm folded into the convs, weights in half precision.
 
-    python export.py runs/exp/best.pt weights/detector.pt
+    python -m tools.export runs/exp/best.pt weights/detector.pt
     python evaluate.py --checkpoint weights/detector.pt        # the same numbers as runs/exp/best.pt
 
 Not a course concept. ``best.pt`` carries what ``--resume`` needs (raw and EMA weights, AdamW's two moments
 per weight, random states): about 8x the bytes of the model itself. The exported file keeps only what
-``evaluate.py`` reads: the EMA (evaluated) weights, BN-folded (``speed.fuse_conv_bn``), stored as float16,
-plus the model config, class names and training settings. ``runtime.model_from_checkpoint`` reads it back
+``evaluate.py`` reads: the EMA (evaluated) weights, BN-folded (``tools.speed.fuse_conv_bn``), stored as float16,
+plus the model config, class names and training settings. ``tools.checkpoint.model_from_checkpoint`` reads it back
 into a float32 model (``"folded": True`` tells it the BN layers are gone). float16 keeps 11 significant bits
 (a relative error of at most 2^-11 per weight); ``tests/test_export.py`` checks the detections stay the same.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from runtime import CheckpointError, model_from_checkpoint, read_checkpoint, save_atomic
+from tools.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, save_atomic
 
 FP16_MAX = torch.finfo(torch.float16).max  # 65504: a folded weight beyond it would become inf
 

@@ -1,4 +1,4 @@
-"""CPU speed measures, applied from train.py and evaluate.py, measured by benchmark.py.
+"""Speed measures, applied from train.py and evaluate.py, measured by ``python -m tools.benchmark``.
 
 Not course concepts: each one keeps the model's outputs (and its checkpoints) exactly as they are and
 only makes the same arithmetic cheaper on this kind of machine.
@@ -33,13 +33,14 @@ def _fp32_class(cls: type) -> type:
 
 
 def depthwise_in_fp32(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Make every *trainable* depthwise conv (groups == in_channels) ignore bf16 autocast
-    (``enabled=False`` undoes it: ``python benchmark.py --no-fp32-depthwise`` measures the difference).
+    """Make every *trainable* depthwise conv (groups == in_channels) ignore bf16 autocast on a CPU
+    (``enabled=False`` undoes it: ``python -m tools.benchmark --no-fp32-depthwise`` measures the difference).
 
     Why: on CPU (oneDNN) the backward of a depthwise conv on small maps is several times slower in bf16
     than in fp32; for EfficientNet's last, trainable stage (5x5 depthwise convs on 13x13 maps at 416 px)
-    that was a third of the training step (RESULTS.md section 5; ``python benchmark.py`` with and without
-    ``--no-fp32-depthwise`` measures it). The forward of the large frozen early maps stays in bf16, where it is faster, and so does inference
+    that was a third of the training step (RESULTS.md, "Speed"). That is oneDNN's kernel, not cuDNN's: train.py
+    turns it on for the CPU only. The forward of the large frozen early maps stays in bf16, where it is faster,
+    and so does inference
     (no backward there), so validation, evaluation and ``fuse_conv_bn`` see no change.
     The class of each such conv is swapped in place for a subclass (``_fp32_class``): parameters,
     state-dict keys and checkpoints are unchanged; only the precision of that one op is.
@@ -53,23 +54,23 @@ def depthwise_in_fp32(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
-def fuse_conv_bn(model: nn.Module, bf16: bool = False) -> nn.Module:
+def fuse_conv_bn(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of ``model`` for inference, with every BatchNorm folded into the Conv2d right before it.
 
     In eval mode BN is a fixed per-channel affine map, ``y = gamma * (x - mean) / sqrt(var + eps) + beta``,
     so ``BN(conv(x; W, b)) == conv(x; W', b')`` with ``W' = W * gamma / sqrt(var + eps)`` (per output
     channel) and ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` (torch's ``fuse_conv_bn_eval``).
-    One memory pass less per conv (``python benchmark.py``'s "fused b1" column against "infer b1").
+    One memory pass less per conv (``tools.benchmark``'s "fused b1" column against "infer b1").
 
     Pairs are found in module registration order, which in the timm backbone and in neck/head
     (``ConvBNAct``) is also the order of execution; tests/test_model.py checks the outputs are unchanged.
     timm's ``BatchNormAct2d`` also holds the activation (and dropout): those are kept.
     The copy can't be trained any more (no BN statistics); the original is left untouched.
 
-    ``bf16``: also store the weights in bfloat16, for a model that will only run under bf16 autocast.
-    Autocast casts every conv's fp32 weight and bias to bf16 on every call; stored in bf16 they are cast
-    once, here. The outputs are the same (the convs see the same bf16 numbers), with a little less work
-    per call. Without autocast such a model would get fp32 images for bf16 weights: an error.
+    ``dtype`` (bf16 or fp16): also store the weights in it, for a model that will only run under autocast
+    to that dtype. Autocast casts every conv's fp32 weight and bias on every call; stored in ``dtype`` they
+    are cast once, here. The outputs are the same (the convs see the same numbers), with a little less work
+    per call. Without autocast such a model would get fp32 images for half weights: an error.
     """
     model = copy.deepcopy(model).eval()
     last_conv = None  # (parent module, attribute name, conv) of the most recent leaf, if it was a Conv2d
@@ -94,4 +95,4 @@ def fuse_conv_bn(model: nn.Module, bf16: bool = False) -> nn.Module:
                 walk(child)
 
     walk(model)
-    return model.to(torch.bfloat16) if bf16 else model
+    return model.to(dtype) if dtype is not None else model

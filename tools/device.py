@@ -1,0 +1,110 @@
+"""Which device a run uses, and which precision on it. Not a course concept.
+
+One policy, by hardware, for every script (``choose``):
+
+| device                                  | training                          | inference            |
+|-----------------------------------------|-----------------------------------|----------------------|
+| CUDA, compute capability >= 8.0 (A100, L4, RTX 30xx and later) | bf16 autocast            | bf16 autocast        |
+| CUDA below 8.0 (T4 7.5, V100 7.0, P100 6.0) | fp16 autocast + ``GradScaler``  | fp16 autocast        |
+| CPU with native bf16 (AVX512-BF16 / AMX) | bf16 autocast                    | fp32                 |
+| other CPU, Apple MPS                    | fp32                              | fp32                 |
+
+bf16 has fp32's exponent range, so it needs no loss scaling, but below capability 8.0 it is emulated:
+those cards are built for fp16, whose narrow range needs the gradient scaler. On a CPU, batch-1 inference
+is faster in fp32 even with native bf16 (RESULTS.md, "Speed"). ``--amp`` / ``--no-amp`` override the
+policy for the phase a script runs (training in train.py, inference in evaluate.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+class DeviceError(RuntimeError):
+    """A device that was asked for and is not there."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast dtypes (None: float32) for training and inference, and whether training scales its loss."""
+    train: torch.dtype | None
+    infer: torch.dtype | None
+    why: str
+
+    @property
+    def scaler(self) -> bool:
+        return self.train == torch.float16  # fp16 gradients underflow without loss scaling; bf16's do not
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU if there is one, else the CPU. ``cpu``, ``cuda``, ``cuda:N``, ``mps``: that one."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"--device {name} asked for, but no CUDA GPU is available (use --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("--device mps asked for, but this machine has no Apple GPU (use --device cpu)")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix work in hardware; elsewhere a CPU emulates it, slower than fp32."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def native_half(device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The half precision ``device`` computes in hardware (None: none), and why."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= (8, 0):
+            return torch.bfloat16, f"compute capability {major}.{minor} has native bf16"
+        return torch.float16, f"compute capability {major}.{minor} has no native bf16 (8.0+), fp16 instead"
+    if device.type == "cpu":
+        native = cpu_has_native_bf16()
+        return (torch.bfloat16 if native else None), f"this CPU has {'' if native else 'no '}native bf16"
+    return None, f"{device.type} runs in fp32"
+
+
+def choose(device: torch.device, amp: bool | None = None, phase: str = "train") -> Precision:
+    """The policy of the table above. ``amp`` (``--amp`` / ``--no-amp``) switches the autocast of ``phase``
+    ("train" or "infer") on or off; on MPS it changes nothing (no loss scaler there, so fp32)."""
+    half, why = native_half(device)
+    train = half
+    infer = half if device.type == "cuda" else None  # CPU: fp32 batch-1 inference is faster (measured)
+    if amp is not None and device.type != "mps":
+        forced = (half or torch.bfloat16) if amp else None  # a CPU without native bf16 emulates it
+        train, infer = (forced, infer) if phase == "train" else (train, forced)
+        why += f"; --{'' if amp else 'no-'}amp for {'training' if phase == 'train' else 'inference'}"
+    return Precision(train, infer, why)
+
+
+def describe(device: torch.device, precision: Precision) -> str:
+    """The first line a run prints: which device and precision, and why."""
+    name = lambda d: "fp32" if d is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[d]  # noqa: E731
+    where = str(device)
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    scaler = " + GradScaler" if precision.scaler else ""
+    return (f"[device] {where}: training {name(precision.train)}{scaler}, inference {name(precision.infer)} "
+            f"({precision.why})")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing for float32 (``dtype`` None)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader worker processes when ``--workers`` is not given: none on CPU, a few beside a GPU.
+
+    Why none on CPU: torch already runs every core in the training step, and oneDNN's parallel convs
+    wait for their slowest thread, so a worker that takes a core for augmentation stalls the whole step
+    (``python -m tools.benchmark --sizes 416 --workers 2`` against ``--workers 0``; RESULTS.md, "Speed").
+    Beside a GPU the CPU is idle during the step, and workers prepare the next batches meanwhile.
+    """
+    return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
