@@ -25,7 +25,7 @@ Differences from the paper:
 - Width 64, not the paper's 256: on a CPU a 256-channel head at stride 8 costs more
   than the whole backbone. The branch convs are the paper's plain 3x3 convs;
   ``depthwise=True`` (``train.py --head-conv depthwise``, YOLOX-Nano's setting) makes them
-  depthwise-separable; RESULTS.md section 4 compares the two.
+  depthwise-separable; RESULTS.md section 1 compares the two.
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def aug_for_epoch(epoch: int, total_epochs: int, args) -> tuple[str, int]:
     """(augmentation level, copy-paste donors) for this epoch: ``--aug`` and ``--copy-paste``, except that
     with strong aug the last ``close_mosaic`` epochs (default: the last eighth) drop to basic aug without
     copy-paste: mosaic and pasted images are unlike test images, so the model finishes on realistic ones
-    (YOLOX sec. 2.3; RESULTS.md, "Levers", measures the length)."""
+    (YOLOX sec. 2.3; RESULTS.md section 4 measures the length)."""
     close = math.ceil(total_epochs / 8) if args.close_mosaic is None else args.close_mosaic
     if args.aug == "strong" and epoch >= total_epochs - close:
         return "basic", 0

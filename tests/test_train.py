@@ -7,6 +7,7 @@ import torch
 
 import train
 from conftest import make_dataset
+from tools.device import Precision
 from tools.run import new_run_dir
 
 
@@ -62,6 +63,35 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     for a, b in zip(full, cut):
         for key in ("lr", "loss", "loss_cls", "loss_box", "val_map"):
             assert a[key] == b[key], (key, a, b)
+
+
+@pytest.mark.slow
+def test_fp16_loss_scaler_state_resumes(tmp_path, monkeypatch):
+    """A T4's path (fp16 autocast + GradScaler) forced on this CPU: the scaler's state is saved in last.pt and
+    a resumed run goes on with it, to the same losses and the same scaler state as an uninterrupted run."""
+    monkeypatch.setattr(train, "choose", lambda *a, **k: Precision(torch.float16, None, "fp16 for the test"))
+    root = make_dataset(tmp_path / "data", sizes={"train": 16, "validation": 4, "test": 4}, image_size=64)
+    common = ["--epochs", "3", "--batch-size", "8", "--img-size", "64"]
+    train.main(run_args(root, tmp_path, *common, "--name", "full"))
+    real_plot, calls = train.plot_history, []
+
+    def plot_then_stop(rows, run_dir):
+        real_plot(rows, run_dir)
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stop
+
+    monkeypatch.setattr(train, "plot_history", plot_then_stop)
+    with pytest.raises(Stop):
+        train.main(run_args(root, tmp_path, *common, "--name", "cut"))
+    monkeypatch.setattr(train, "plot_history", real_plot)
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["scaler"]
+    assert saved and saved != torch.amp.GradScaler("cpu").state_dict()  # 4 steps moved it from a fresh state
+    train.main(["--resume", str(tmp_path / "cut" / "last.pt")])
+    full, cut = (torch.load(tmp_path / n / "last.pt", weights_only=False) for n in ("full", "cut"))
+    assert cut["scaler"] == full["scaler"], "a fresh scaler would have restarted its growth count and scale"
+    for a, b in zip(full["history"], cut["history"]):
+        assert (a["loss"], a["loss_box"]) == (b["loss"], b["loss_box"])
 
 
 def test_new_run_dir_never_overwrites(tmp_path):

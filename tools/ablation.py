@@ -8,7 +8,7 @@
 
 Rows 1-7 build the table's default row step by step (simple assigner, IoU loss, no augmentation ->
 ... -> TAL + GIoU + basic augmentation, no EMA); every later row changes ONE thing against that row.
-train.py's own defaults add mosaic and EMA, the long-run recipe (RESULTS.md section 9).
+train.py's own defaults add mosaic and EMA, the long-run recipe (RESULTS.md section 2).
 Post-processing (NMS variants, flip TTA) is compared on fixed checkpoints in RESULTS.md, not here.
 Runs live in runs/ablation-<time>min-s<seed>/<row>/ (a killed run is resumed from its last.pt); each
 finished row's test_results.json and metrics.csv are copied to results/ablation-<time>min-s<seed>/<row>/,

@@ -1,4 +1,4 @@
-"""Two augmentations written by hand, measured as levers and off by default (RESULTS.md, "Levers").
+"""Two augmentations written by hand, measured as levers and off by default (RESULTS.md section 4).
 
 Not part of the course's pipeline (``data.build_transforms``); ``train.py --copy-paste N`` and
 ``--multi-scale F`` switch them on.

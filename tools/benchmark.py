@@ -64,7 +64,7 @@ def timed_together(fns: dict, repeats: int, warmup: int) -> dict:
     ``warmup`` untimed rounds. Alternating is what makes a ratio of two columns mean something: whatever
     drifts during the measurement (clock speed, another process, caches and allocator still warming up)
     falls on both alike. Timed one after the other, a drift falls on one column only and shows up in their
-    ratio (RESULTS.md, "Speed", measures both orders)."""
+    ratio (RESULTS.md section 6)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()

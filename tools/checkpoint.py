@@ -93,7 +93,8 @@ def restore(ckpt: dict, model, ema, optimizer, scaler, gen):
     if ema is not None:
         ema.module.load_state_dict(ckpt["ema"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"]:  # empty when the run was not in fp16; resumed in fp16 elsewhere, the scaler starts anew
+        scaler.load_state_dict(ckpt["scaler"])
     gen.set_state(ckpt["rng"]["loader"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     np.random.set_state(ckpt["rng"]["numpy"])

@@ -11,7 +11,7 @@ One policy, by hardware, for every script (``choose``):
 
 bf16 has fp32's exponent range, so it needs no loss scaling, but below capability 8.0 it is emulated:
 those cards are built for fp16, whose narrow range needs the gradient scaler. On a CPU, batch-1 inference
-is faster in fp32 even with native bf16 (RESULTS.md, "Speed"). ``--amp`` / ``--no-amp`` override the
+is faster in fp32 even with native bf16 (RESULTS.md section 6). ``--amp`` / ``--no-amp`` override the
 policy for the phase a script runs (training in train.py, inference in evaluate.py).
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def default_workers(device: torch.device) -> int:
 
     Why none on CPU: torch already runs every core in the training step, and oneDNN's parallel convs
     wait for their slowest thread, so a worker that takes a core for augmentation stalls the whole step
-    (``python -m tools.benchmark --sizes 416 --workers 2`` against ``--workers 0``; RESULTS.md, "Speed").
+    (``python -m tools.benchmark --sizes 416 --workers 2`` against ``--workers 0``; RESULTS.md section 6).
     Beside a GPU the CPU is idle during the step, and workers prepare the next batches meanwhile.
     """
     return 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)

@@ -38,7 +38,7 @@ def depthwise_in_fp32(model: nn.Module, enabled: bool = True) -> nn.Module:
 
     Why: on CPU (oneDNN) the backward of a depthwise conv on small maps is several times slower in bf16
     than in fp32; for EfficientNet's last, trainable stage (5x5 depthwise convs on 13x13 maps at 416 px)
-    that was a third of the training step (RESULTS.md, "Speed"). That is oneDNN's kernel, not cuDNN's: train.py
+    that was a third of the training step (RESULTS.md section 6). That is oneDNN's kernel, not cuDNN's: train.py
     turns it on for the CPU only. The forward of the large frozen early maps stays in bf16, where it is faster,
     and so does inference
     (no backward there), so validation, evaluation and ``fuse_conv_bn`` see no change.

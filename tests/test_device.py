@@ -1,0 +1,90 @@
+"""The device and precision policy (tools/device.py), one row per kind of machine students train on."""
+import pytest
+import torch
+
+import train
+from tools import device as dev
+from tools.flags import parse_train_args
+
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    """Pretend a CUDA GPU of the given compute capability is there (or none: ``None``)."""
+    def install(capability):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {capability}")
+    return install
+
+
+@pytest.mark.parametrize("capability, cpu_bf16, device, train_dtype, infer_dtype, scaler", [
+    ((6, 0), False, "cuda:0", FP16, FP16, True),   # P100
+    ((7, 5), False, "cuda:0", FP16, FP16, True),   # T4: fp16 + GradScaler, what the card is built for
+    ((8, 0), False, "cuda:0", BF16, BF16, False),  # A100: native bf16, no scaler
+    ((9, 0), False, "cuda:0", BF16, BF16, False),  # H100 / H200
+    (None, True, "cpu", BF16, None, False),        # CPU with AVX512-BF16 / AMX: bf16 training, fp32 inference
+    (None, False, "cpu", None, None, False),       # any other CPU: fp32
+])
+def test_policy_by_hardware(cuda, monkeypatch, capability, cpu_bf16, device, train_dtype, infer_dtype, scaler):
+    cuda(capability)
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: cpu_bf16)
+    chosen = dev.resolve_device("auto")
+    precision = dev.choose(chosen)
+    assert (str(chosen), precision.train, precision.infer, precision.scaler) == (device, train_dtype, infer_dtype,
+                                                                               scaler)
+    line = dev.describe(chosen, precision)
+    assert line.startswith(f"[device] {device}") and ("GradScaler" in line) == scaler
+
+
+def test_mps_is_fp32_even_with_amp(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    precision = dev.choose(dev.resolve_device("mps"), amp=True)
+    assert (precision.train, precision.infer, precision.scaler) == (None, None, False)
+
+
+def test_amp_flags_override_one_phase(cuda, monkeypatch):
+    cuda((7, 5))
+    t4 = torch.device("cuda:0")
+    assert dev.choose(t4, amp=False).train is None and not dev.choose(t4, amp=False).scaler
+    assert dev.choose(t4, amp=False).infer == FP16                       # --no-amp in train.py: training only
+    assert dev.choose(t4, amp=False, phase="infer").infer is None
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    cpu = torch.device("cpu")
+    assert dev.choose(cpu, amp=True).train == BF16                       # forced: emulated bf16
+    assert dev.choose(cpu, amp=True, phase="infer").infer == BF16
+
+
+def test_asked_for_device_that_is_not_there(cuda, monkeypatch):
+    cuda(None)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert dev.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(dev.DeviceError, match="no CUDA GPU"):
+        dev.resolve_device("cuda:1")
+    with pytest.raises(dev.DeviceError, match="no Apple GPU"):
+        dev.resolve_device("mps")
+
+
+def test_train_defaults_to_auto_and_says_so_in_help(capsys):
+    assert parse_train_args([]).device == "auto"
+    with pytest.raises(SystemExit):
+        parse_train_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--device DEVICE auto: the first CUDA GPU" in help_text and "(default: auto)" in help_text
+
+
+def test_autocast_none_is_fp32():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    with dev.autocast(torch.device("cpu"), None):
+        assert conv(x).dtype == torch.float32
+    with dev.autocast(torch.device("cpu"), BF16):
+        assert conv(x).dtype == BF16
+
+
+def test_train_prints_the_device_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "resolve_data_root", lambda data: (_ for _ in ()).throw(SystemExit("stop")))
+    with pytest.raises(SystemExit, match="stop"):
+        train.main(["--device", "cpu"])
+    assert capsys.readouterr().out.splitlines()[0].startswith("[device] cpu: training ")
