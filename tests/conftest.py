@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tools import sources
 
@@ -81,6 +82,32 @@ def make_dataset(root: Path, sizes=None, image_size: int = 128, seed: int = 0, e
         write_split(root, split, rows)
     (root / "README.md").write_text(CARD)
     return root
+
+
+class Stop(Exception):
+    """Raised to interrupt a training run at a chosen point, as a kill would."""
+
+
+def interrupt_then_resume(monkeypatch, args: list[str], stop_after: int) -> dict:
+    """``train.main(args)`` stopped right after epoch ``stop_after`` was saved, then continued with ``--resume``
+    from its last.pt. Returns the last.pt the resume started from."""
+    import train
+
+    real_plot, calls = train.plot_history, []
+
+    def plot_then_stop(rows, run_dir):
+        real_plot(rows, run_dir)
+        calls.append(run_dir)
+        if len(calls) == stop_after:
+            raise Stop
+
+    monkeypatch.setattr(train, "plot_history", plot_then_stop)
+    with pytest.raises(Stop):
+        train.main(args)
+    monkeypatch.setattr(train, "plot_history", real_plot)
+    saved = torch.load(calls[-1] / "last.pt", weights_only=False)
+    train.main(["--resume", str(calls[-1] / "last.pt")])
+    return saved
 
 
 @pytest.fixture(scope="session")

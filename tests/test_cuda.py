@@ -7,7 +7,7 @@ import torch
 
 import evaluate
 import train
-from conftest import make_dataset
+from conftest import interrupt_then_resume, make_dataset
 from tools import device as dev
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -24,10 +24,6 @@ def run(root, out, name, *extra):
             "--workers", "2", *extra]
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.parametrize("card", ["this GPU", "T4 (fp16 + GradScaler)"])
 def test_train_evaluate_resume_on_cuda(gpu_data, tmp_path, monkeypatch, capsys, card):
     if card.startswith("T4"):  # the policy of a capability-7.5 card, run on this one: fp16 kernels, loss scaling
@@ -41,17 +37,7 @@ def test_train_evaluate_resume_on_cuda(gpu_data, tmp_path, monkeypatch, capsys, 
     assert ("scale" in full["scaler"]) == expected.scaler  # a disabled scaler saves an empty state
 
     # The same run stopped after epoch 1, then resumed: epoch 2 continues from last.pt on the GPU.
-    real_plot = train.plot_history
-
-    def plot_then_stop(rows, run_dir):
-        real_plot(rows, run_dir)
-        raise Stop
-
-    monkeypatch.setattr(train, "plot_history", plot_then_stop)
-    with pytest.raises(Stop):
-        train.main(run(gpu_data, tmp_path, "cut", "--epochs", "2"))
-    monkeypatch.setattr(train, "plot_history", real_plot)
-    train.main(["--resume", str(tmp_path / "cut" / "last.pt")])
+    interrupt_then_resume(monkeypatch, run(gpu_data, tmp_path, "cut", "--epochs", "2"), stop_after=1)
     rows = list(csv.DictReader(open(tmp_path / "cut" / "metrics.csv")))
     full_rows = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and [r["steps"] for r in rows] == ["2", "2"]

@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_args(root, out, name, *extra):
+    """On the CPU even where a GPU is: resumes and repeats are compared to the digit (tests/test_cuda.py: GPU)."""
     return ["--data", str(root), "--out", str(out), "--name", name, "--workers", "0", "--img-size", "64",
-            "--batch-size", "4", *extra]
+            "--batch-size", "4", "--device", "cpu", *extra]
 
 
 @pytest.fixture(scope="module")

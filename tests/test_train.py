@@ -6,14 +6,16 @@ import pytest
 import torch
 
 import train
-from conftest import make_dataset
+from conftest import interrupt_then_resume, make_dataset
 from tools.device import Precision
 from tools.run import new_run_dir
 
 
 def run_args(root, out, *extra):
-    """No --workers: these runs take train.py's default (no loader workers on CPU, tools.device.default_workers)."""
-    return ["--data", str(root), "--out", str(out), "--seed", "0", *extra]
+    """No --workers: these runs take train.py's default (no loader workers on CPU, tools.device.default_workers).
+    On the CPU even where a GPU is: the resume checks compare to the digit, and cuDNN may pick other kernels
+    from run to run (tests/test_cuda.py covers the GPU)."""
+    return ["--data", str(root), "--out", str(out), "--seed", "0", "--device", "cpu", *extra]
 
 
 @pytest.mark.slow
@@ -32,31 +34,15 @@ def test_training_finds_rectangles(tiny_dataset, tmp_path):
     assert set(summary["ap_per_class"]) == {"box-red", "box-blue"}
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "data", sizes={"train": 16, "validation": 4, "test": 4}, image_size=64)
     common = ["--epochs", "3", "--batch-size", "8", "--img-size", "64"]
     train.main(run_args(root, tmp_path, *common, "--name", "full"))
-    # Same run, interrupted right after epoch 2 was saved ...
-    real_plot, calls = train.plot_history, []
-
-    def plot_then_stop(rows, run_dir):
-        real_plot(rows, run_dir)
-        calls.append(1)
-        if len(calls) == 2:
-            raise Stop
-
-    monkeypatch.setattr(train, "plot_history", plot_then_stop)
-    with pytest.raises(Stop):
-        train.main(run_args(root, tmp_path, *common, "--name", "cut"))
-    monkeypatch.setattr(train, "plot_history", real_plot)
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
-    # ... then resumed: epoch 3 must be exactly the uninterrupted run's epoch 3 (LR schedule, data order, weights).
-    train.main(["--resume", str(tmp_path / "cut" / "last.pt")])
+    # The same run, interrupted right after epoch 2 was saved, then resumed: epoch 3 must be exactly the
+    # uninterrupted run's epoch 3 (LR schedule, data order, weights).
+    saved = interrupt_then_resume(monkeypatch, run_args(root, tmp_path, *common, "--name", "cut"), stop_after=2)
+    assert saved["epoch"] == 1
     full = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
     cut = list(csv.DictReader(open(tmp_path / "cut" / "metrics.csv")))
     assert len(cut) == 3
@@ -73,21 +59,8 @@ def test_fp16_loss_scaler_state_resumes(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "data", sizes={"train": 16, "validation": 4, "test": 4}, image_size=64)
     common = ["--epochs", "3", "--batch-size", "8", "--img-size", "64"]
     train.main(run_args(root, tmp_path, *common, "--name", "full"))
-    real_plot, calls = train.plot_history, []
-
-    def plot_then_stop(rows, run_dir):
-        real_plot(rows, run_dir)
-        calls.append(1)
-        if len(calls) == 2:
-            raise Stop
-
-    monkeypatch.setattr(train, "plot_history", plot_then_stop)
-    with pytest.raises(Stop):
-        train.main(run_args(root, tmp_path, *common, "--name", "cut"))
-    monkeypatch.setattr(train, "plot_history", real_plot)
-    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["scaler"]
-    assert saved and saved != torch.amp.GradScaler("cpu").state_dict()  # 4 steps moved it from a fresh state
-    train.main(["--resume", str(tmp_path / "cut" / "last.pt")])
+    saved = interrupt_then_resume(monkeypatch, run_args(root, tmp_path, *common, "--name", "cut"), stop_after=2)
+    assert saved["scaler"] and saved["scaler"] != torch.amp.GradScaler("cpu").state_dict()  # 4 steps moved it
     full, cut = (torch.load(tmp_path / n / "last.pt", weights_only=False) for n in ("full", "cut"))
     assert cut["scaler"] == full["scaler"], "a fresh scaler would have restarted its growth count and scale"
     for a, b in zip(full["history"], cut["history"]):

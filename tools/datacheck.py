@@ -20,7 +20,7 @@ import torch
 from data import AUG_LEVELS, SPLITS, DetectionDataset, build_transforms, letterbox_size, scan_split
 from losses import box_iou
 from tools.checks import dataset_image_size, image_header_size
-from tools.plots import plot_augmentations, to_uint8_image
+from tools.plots import plot_augmentations, save, to_uint8_image
 from tools.sources import DataError, load_class_names, resolve_data_root
 
 
@@ -110,7 +110,7 @@ def main(argv=None):
             samples = [ds[int(i)] for i in picks]
             fig = plot_augmentations([to_uint8_image(img, cfg.mean, cfg.std) for img, _ in samples],
                                      [t for _, t in samples], names)
-            fig.savefig(args.out, dpi=80)
+            save(fig, args.out, dpi=80)
             print(f"wrote {args.out} ({len(samples)} samples, aug={args.aug}, {size} px)")
             return
         print(f"classes: {names}" + (f"; box sizes after resizing to {args.img_size} px" if args.img_size else ""))

@@ -14,7 +14,7 @@ import cv2
 
 from data import FIRST_CATEGORY_ID
 from tools.metrics import best_match_ious, format_ious, format_results, metrics_summary
-from tools.plots import plot_iou_histogram, plot_pr_curves, plot_predictions
+from tools.plots import plot_iou_histogram, plot_pr_curves, plot_predictions, save
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -40,9 +40,9 @@ def report(res: dict, dets: list[dict], ds, names: list[str], args) -> None:
     print(f"localisation: IoU of each GT box with its best detection (score >= {args.show_thresh})")
     print(format_ious(ious, names))
     pr_path = Path(args.pr) if args.pr else Path(args.checkpoint).parent / "pr.png"
-    plot_pr_curves(res, names).savefig(pr_path, dpi=100)
+    save(plot_pr_curves(res, names), pr_path)
     iou_path = pr_path.with_name(f"iou_{args.split}.png")
-    plot_iou_histogram(ious, names, args.show_thresh).savefig(iou_path, dpi=100)
+    save(plot_iou_histogram(ious, names, args.show_thresh), iou_path)
     print(f"wrote {pr_path}, {iou_path}")
     if args.save_json:
         Path(args.save_json).write_text(json.dumps(to_coco_json(dets)))
@@ -57,7 +57,7 @@ def report(res: dict, dets: list[dict], ds, names: list[str], args) -> None:
             fig = plot_predictions([ds.load(i)["image"] for i in idx], [dets[i] for i in idx], names,
                                    [{"boxes": dets[i]["gt_boxes"], "labels": dets[i]["gt_labels"]} for i in idx],
                                    min_score=args.show_thresh)
-            fig.savefig(out_dir / f"{args.split}_{start:04d}.png", dpi=80)
+            save(fig, out_dir / f"{args.split}_{start:04d}.png", dpi=80)
         print(f"wrote drawings of {min(args.num, len(ds))} {args.split} images to {out_dir}")
 
 
@@ -88,5 +88,5 @@ def save_prediction(path: Path, rgb, det: dict, names: list[str], args) -> None:
     out_dir = Path(args.save_images or "predictions")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{path.stem}_pred.png"
-    plot_predictions([rgb], [det], names, min_score=args.show_thresh, cols=1).savefig(out, dpi=100)
+    save(plot_predictions([rgb], [det], names, min_score=args.show_thresh, cols=1), out)
     print(f"{path}: {int((det['scores'] >= args.show_thresh).sum())} detections -> {out}")

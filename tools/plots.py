@@ -20,6 +20,12 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from tools.metrics import ap_at_iou, precision_curve  # noqa: E402
 
 
+def save(fig, path, dpi: int = 100) -> None:
+    """Write a figure and close it (pyplot keeps every open figure alive until it is closed)."""
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def to_uint8_image(image: torch.Tensor, mean, std) -> np.ndarray:
     """Undo ``Normalize``: (3,H,W) float -> (H,W,3) uint8 RGB, for drawing."""
     m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
@@ -141,8 +147,7 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
     ax.set(xlabel="epoch", ylabel="train loss (log scale)", title="training loss", yscale="log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
-    plt.close(fig)
+    save(fig, run_dir / "loss.png")
     val = [r for r in rows if r["val_map"] != ""]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("val_map", "mAP@[.5:.95]"), ("val_map50", "mAP50"), ("val_map75", "mAP75")):
@@ -150,8 +155,7 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
     ax.set(xlabel="epoch", ylabel="validation", title="validation mAP")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "map.png", dpi=100)
-    plt.close(fig)
+    save(fig, run_dir / "map.png")
 
 
 def plot_pr_curves(res: dict, class_names: list[str], iou_index: int = 0):

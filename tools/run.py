@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from evaluate import evaluate
 from tools.metrics import format_results, metrics_summary
-from tools.plots import plot_pr_curves
+from tools.plots import plot_pr_curves, save
 from tools.speed import fuse_conv_bn
 
 
@@ -81,7 +81,7 @@ def test_best(model, run_dir: Path, rows: list[dict], test_loader, dtype, batch_
     print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
     metrics = metrics_summary(res, best["class_names"])
     print(format_results(metrics))
-    plot_pr_curves(res, best["class_names"]).savefig(run_dir / "pr.png", dpi=100)
+    save(plot_pr_curves(res, best["class_names"]), run_dir / "pr.png")
     train_s, steps = sum(r["train_s"] for r in rows), sum(r["steps"] for r in rows)
     summary = {**metrics, "best_epoch": best["epoch"] + 1, "epochs": round(steps / iters, 1),
                "train_minutes": round(train_s / 60, 1), "train_img_per_s": round(steps * batch_size / train_s, 2)}
