@@ -1,11 +1,12 @@
-"""The hand-written IoU family against torchvision.ops, and the detection loss's normalisation."""
+"""The hand-written IoU family against torchvision.ops, QFL and VFL by hand, and the detection loss."""
 import pytest
 import torch
 import torchvision.ops as tvo
 
 from assign import Assignment
 from head import distribution_to_distance
-from losses import DetectionLoss, box_iou, ciou_loss, diou_loss, distribution_focal_loss, giou_loss, iou_loss
+from losses import (DetectionLoss, bce_loss, box_iou, ciou_loss, diou_loss, distribution_focal_loss, giou_loss, iou_loss,
+                    quality_focal_loss, varifocal_loss)
 
 
 def random_boxes(n, seed):
@@ -142,3 +143,25 @@ def test_detection_loss_dfl_term():
     torch.testing.assert_close(out["dfl"], expected)
     torch.testing.assert_close(out["total"], out["cls"] + 2.5 * out["box"] + 2.0 * out["dfl"])
     assert "dfl" not in DetectionLoss()(torch.zeros(1, 2, 2), pred, a)
+
+
+def test_qfl_hand_computed_and_beta0_is_bce():
+    x, q = torch.tensor([0.0, 2.0]), torch.tensor([0.5, 0.0])
+    p = torch.sigmoid(x)
+    expected = torch.stack([-(0.5 * torch.log(p[0]) + 0.5 * torch.log(1 - p[0])) * (0.5 - p[0]).abs() ** 2,
+                            -torch.log(1 - p[1]) * p[1] ** 2])
+    torch.testing.assert_close(quality_focal_loss(x, q), expected)
+    assert quality_focal_loss(torch.tensor([0.0]), torch.tensor([0.5]))[0] == 0  # p = q: nothing to learn
+    x, q = torch.randn(50), torch.rand(50)
+    torch.testing.assert_close(quality_focal_loss(x, q, beta=0.0), bce_loss(x, q))
+
+
+def test_vfl_hand_computed():
+    x, q = torch.tensor([1.0, -1.0]), torch.tensor([0.8, 0.0])
+    p = torch.sigmoid(x)
+    pos = -0.8 * (0.8 * torch.log(p[0]) + 0.2 * torch.log(1 - p[0]))
+    neg = -0.75 * p[1] ** 2 * torch.log(1 - p[1])
+    torch.testing.assert_close(varifocal_loss(x, q), torch.stack([pos, neg]))
+    # Negatives with alpha = 1, gamma = 0 are plain BCE.
+    x = torch.randn(20)
+    torch.testing.assert_close(varifocal_loss(x, torch.zeros(20), alpha=1.0, gamma=0.0), bce_loss(x, torch.zeros(20)))
