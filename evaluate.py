@@ -225,7 +225,7 @@ def main(argv=None):
             if ckpt.get("train_model") is None:
                 raise CheckpointError(f"{args.checkpoint} holds no raw training weights (an exported file?)")
             ckpt = {**ckpt, "model": ckpt["train_model"]}
-        model = model_from_checkpoint(ckpt, device, dtype=precision.infer)  # BN folded (tools/speed.py)
+        model = model_from_checkpoint(ckpt, device, dtype=precision.infer)  # BN folded: same outputs, faster
         names, size = ckpt["class_names"], round_to_stride(args.img_size or ckpt["train_args"]["img_size"])
         post = dict(method=args.nms, tta=args.tta, dtype=precision.infer, score_thresh=args.score_thresh,
                     iou_thresh=args.iou_thresh)
