@@ -49,14 +49,16 @@ from tools.sources import load_class_names, resolve_data_root
 from tools.speed import depthwise_in_fp32
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; 1-D ones (BN weights, biases) get no weight decay."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, backbone_lr: float = 1.0):
+    """AdamW over trainable parameters; 1-D ones (BN weights, biases) get no weight decay; the backbone's trainable
+    stages peak at ``backbone_lr`` x ``lr`` (``initial_lr``, which ``lr_at`` scales every iteration)."""
+    groups = {}  # (LR factor, weight decay) -> parameters
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+            key = (backbone_lr if name.startswith("backbone.") else 1.0, weight_decay if p.ndim > 1 else 0.0)
+            groups.setdefault(key, []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "initial_lr": lr * f, "lr": lr * f}
+                              for (f, wd), ps in groups.items()], lr=lr)
 
 
 def lr_at(it: int, total: int, warmup: int, final_ratio: float = 0.05) -> float:
@@ -111,7 +113,7 @@ def train_one_epoch(model, loader, assigner, criterion, optimizer, scaler, ema, 
     for images, targets in bar:
         images, gt_boxes, gt_labels, gt_mask = batch_to(device, images, targets, args.multi_scale)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_at(step, total, warmup)      # this iteration's LR
+            group["lr"] = group["initial_lr"] * lr_at(step, total, warmup)      # this iteration's LR
         step += 1
         # ---------------- the step: forward -> assign -> loss -> backward -> step -> EMA
         with autocast(device, dtype):               # bf16 / fp16 where the hardware has it (tools/device.py)
@@ -185,7 +187,7 @@ def main(argv=None):
                                     generator=gen if ds is train_ds else None) for ds in splits)
 
     # ---- optimizer, loss scaler, loss, EMA; and where the run stands: new, or where --resume left it
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, args.backbone_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)  # fp16 only (T4, V100, P100)
     criterion = DetectionLoss(args.box_loss, args.cls_loss, box_weight=args.box_weight, dfl_weight=args.dfl_weight)
     # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).

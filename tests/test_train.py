@@ -73,6 +73,19 @@ def test_new_run_dir_never_overwrites(tmp_path):
     assert first.name == "exp" and second.name == "exp-2"
 
 
+def test_backbone_steps_at_its_fraction_of_the_lr():
+    from detector import Detector
+    model = Detector(2, pretrained=False, unfreeze=2)
+    opt = train.make_optimizer(model, lr=1e-3, weight_decay=0.05, backbone_lr=0.1)
+    rates = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert rates[id(p)] == pytest.approx(1e-4 if name.startswith("backbone.") else 1e-3), name
+            assert decays[id(p)] == (0.05 if p.ndim > 1 else 0.0), name
+    assert len(rates) == sum(p.requires_grad for p in model.parameters())  # every trainable weight, once
+
+
 def test_lr_warms_up_then_decays():
     lrs = [train.lr_at(it, total=100, warmup=10) for it in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)

@@ -72,6 +72,8 @@ def parse_train_args(argv=None) -> argparse.Namespace:
                         "re-planned after every epoch for the iterations that fit (the last epoch may be partial)")
     g.add_argument("--batch-size", type=int, default=16, help="images per training step")
     g.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (after the warm-up)")
+    g.add_argument("--backbone-lr", type=float, default=1.0, metavar="F",
+                   help="learning rate of the trainable backbone stages, as a fraction of --lr")
     g.add_argument("--weight-decay", type=float, default=0.05,
                    help="AdamW decoupled weight decay, on conv and linear weights only")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear LR warm-up length")
