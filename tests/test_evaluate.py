@@ -1,7 +1,8 @@
 """evaluate.py's post-processing: NMS, Soft-NMS against its hard limit (= NMS), box voting, flip TTA and
-WBF, each on hand-built cases; and the localisation reading of tools/metrics.py."""
+WBF, each on hand-built cases; and the localisation readings of tools/metrics.py and tools/diagnose.py."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -140,3 +141,33 @@ def test_tta_flips_boxes_back():
     # same box as the plain pass, so NMS leaves one (a box not flipped back would stand apart as a second).
     det = detect(Fixed(), images, tta=True)[0]
     torch.testing.assert_close(det["boxes"], torch.tensor([[5.0, 0, 6, 4]]))
+
+
+def test_side_errors_hand_computed():
+    from tools.diagnose import side_errors
+    gt = torch.tensor([[10.0, 10, 30, 50], [100, 100, 110, 110]])
+    det = {"gt_boxes": gt, "gt_labels": torch.tensor([0, 1]),
+           "boxes": torch.tensor([[8.0, 12, 31, 50], [10, 10, 30, 50], [100, 100, 110, 110], [60, 60, 70, 70]]),
+           "scores": torch.tensor([0.9, 0.2, 0.9, 0.9]),       # the exact twin of GT 0 scores below min_score
+           "labels": torch.tensor([0, 0, 0, 1])}               # GT 1's only class-1 detection does not overlap it
+    (row,) = side_errors([det], min_score=0.3)
+    assert row["label"] == 0 and row["size"] == "small"
+    # outward positive: left 10 - 8, top 10 - 12, right 31 - 30, bottom 50 - 50; over w = 20, h = 40
+    np.testing.assert_allclose(row["px"], [2, -2, 1, 0])
+    np.testing.assert_allclose(row["frac"], [0.1, -0.05, 0.05, 0.0])
+    assert row["iou"] == pytest.approx(torchvision.ops.box_iou(gt[:1], det["boxes"][:1]).item())
+
+
+def test_level_counts_cover_every_gt(tiny_dataset):
+    from data import DetectionDataset, build_transforms, collate
+    from detector import Detector
+    from tools.diagnose import level_counts
+    torch.manual_seed(0)
+    model = Detector(2, pretrained=False).eval()
+    ds = DetectionDataset(tiny_dataset, "validation", build_transforms(128, False, (0.5,) * 3, (0.5,) * 3))
+    counts, positives, survivors = level_counts(model, torch.utils.data.DataLoader(ds, 4, collate_fn=collate),
+                                                ["box-red", "box-blue"])
+    assert sum(counts.values()) == sum(len(r.labels) for r in ds.records)
+    for key, n in counts.items():
+        assert set(positives[key]) <= {8, 16, 32} and 0 < sum(positives[key].values()) <= 13 * n  # TAL's top-k
+        assert sum(survivors[key].values()) <= n  # at most one matched survivor per GT

@@ -20,5 +20,6 @@ Scripts (``python -m tools.NAME --help``):
     benchmark       speed: training step and inference against the backbone's own cost
     export          a checkpoint as a small BN-folded float16 file that evaluate.py reads
     coco_check      scores evaluate.py --save-json output with pycocotools
+    diagnose        where a checkpoint's boxes go wrong: each side's error; the level that learns and answers
     ablation        the ablation table of RESULTS.md
 """

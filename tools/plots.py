@@ -205,3 +205,21 @@ def plot_iou_histogram(ious: list[torch.Tensor], class_names: list[str], min_sco
     ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def plot_side_errors(rows: list[dict], class_names: list[str]):
+    """``tools.diagnose.side_errors`` as one figure: per side (left, top, right, bottom), the histogram of each
+    class's error as a fraction of the box, positive where the prediction reaches beyond the GT."""
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), sharey=True)
+    for k, (ax, side) in enumerate(zip(axes, ("left", "top", "right", "bottom"))):
+        for c, name in enumerate(class_names):
+            v = np.array([r["frac"][k] for r in rows if r["label"] == c])
+            if len(v):
+                ax.hist(v, bins=24, range=(-0.3, 0.3), histtype="step", lw=2,
+                        label=f"{name}: {v.mean():+.3f} ± {v.std():.3f}")
+        ax.axvline(0, color="grey", ls="--", lw=1)
+        ax.set(title=f"{side} side", xlabel="error / box side (+: beyond the GT)")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("GT boxes matched at IoU >= 0.5")
+    fig.tight_layout()
+    return fig
