@@ -85,7 +85,7 @@ def choose(device: torch.device, amp: bool | None = None, phase: str = "train") 
 
 def describe(device: torch.device, precision: Precision) -> str:
     """The first line a run prints: which device and precision, and why."""
-    name = lambda d: "fp32" if d is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[d]  # noqa: E731
+    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get
     where = str(device)
     if device.type == "cuda":
         where += f" ({torch.cuda.get_device_name(device)})"

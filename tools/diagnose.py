@@ -17,11 +17,10 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import torch
-import torchvision
 
 from assign import TaskAlignedAssigner
 from data import DetectionDataset, build_transforms, collate, pad_targets
-from evaluate import candidates, evaluate
+from evaluate import evaluate, postprocess
 from losses import box_iou
 from tools.checkpoint import model_from_checkpoint, read_checkpoint
 from tools.plots import plot_side_errors, save
@@ -72,7 +71,7 @@ def format_side_errors(rows: list[dict], class_names: list[str]) -> str:
 
 
 @torch.no_grad()
-def level_counts(model, loader, class_names: list[str], score_thresh=0.001, iou_thresh=0.6):
+def level_counts(model, loader, class_names: list[str]):
     """Per (class, size): GTs (Counter), TAL's positives per stride (Counter of Counters), and the stride of the
     surviving detection that matches each GT best at IoU >= 0.5 (Counter of Counters)."""
     assigner, positives, survivors, counts = TaskAlignedAssigner(), defaultdict(Counter), defaultdict(Counter), Counter()
@@ -81,12 +80,10 @@ def level_counts(model, loader, class_names: list[str], score_thresh=0.001, iou_
         out = model(images.contiguous(memory_format=torch.channels_last))
         scores, boxes = out.cls_logits.float().sigmoid(), out.boxes.float()       # (B, A, C), (B, A, 4)
         a = assigner(scores, boxes, out.points, out.strides, gt_labels, gt_boxes, gt_mask)
-        for b in range(len(images)):
-            # candidates picks rows of its second argument; given anchor numbers, it says whose each candidate is.
-            anchor, cand_scores, label = candidates(scores[b], torch.arange(scores.shape[1])[:, None], score_thresh,
-                                                    1000)
-            kept = torchvision.ops.batched_nms(boxes[b, anchor[:, 0]], cand_scores, label, iou_thresh)[:100]
-            kept_anchor, kept_label = anchor[kept, 0], label[kept]                  # as postprocess keeps them
+        for b, det in enumerate(postprocess(out.cls_logits, out.boxes)):          # as evaluate.py keeps them
+            # The kept boxes are rows of the model's boxes: equality finds the anchor each one came from.
+            kept_anchor = (det["boxes"][:, None] == boxes[b][None]).all(-1).float().argmax(1)    # (K,)
+            kept_label = det["labels"]
             for m in range(int(gt_mask[b].sum())):
                 key = (class_names[int(gt_labels[b, m])], size_name(gt_boxes[b, m]))
                 counts[key] += 1
