@@ -1,5 +1,5 @@
-"""WALKTHROUGH.md stays true: every code block it quotes is a contiguous run of the file its section names
-(``...`` on a line of its own marks lines left out; each run between two of them must be contiguous)."""
+"""The docs stay true: every code block WALKTHROUGH.md quotes is a contiguous run of the file its section names
+(``...`` on a line of its own marks lines left out), and every link of README, WALKTHROUGH and RESULTS resolves."""
 import re
 from pathlib import Path
 
@@ -59,3 +59,29 @@ def test_walkthrough_quotes_contiguous_code_that_exists():
             end = is_contiguous_run(run, lines, start)
             assert end is not None, f"WALKTHROUGH.md quotes lines that are not a contiguous run of {source}: {run}"
             start = end
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (hyphens kept), spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_slug_matches_githubs_rule():
+    assert slug("2. The headline run and the shipped model") == "2-the-headline-run-and-the-shipped-model"
+    assert slug("Which one (simple vs TAL, with warm-up)? Why?") == "which-one-simple-vs-tal-with-warm-up-why"
+
+
+def test_links_and_pictures_of_the_docs_resolve():
+    """Every relative link and picture in README, WALKTHROUGH and RESULTS points at a file of the repo, and
+    every #anchor at a heading of the file it names."""
+    for doc in ("README.md", "WALKTHROUGH.md", "RESULTS.md"):
+        text = re.sub(r"```.*?```", "", (REPO / doc).read_text(), flags=re.S)  # code is not links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith("http"):
+                continue
+            path, _, anchor = target.partition("#")
+            file = REPO / (path or doc)
+            assert file.exists(), f"{doc} links to {target}: no such file"
+            if anchor:
+                headings = {slug(h) for h in re.findall(r"^#+ (.*)$", file.read_text(), flags=re.M)}
+                assert anchor in headings, f"{doc} links to {target}: no such heading"
