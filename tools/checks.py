@@ -3,8 +3,8 @@
 ``data.parse_row`` calls ``check_image``, ``check_objects`` and ``check_boxes`` on every row: bad boxes are
 dropped, boxes crossing the border clipped, an unusable image skipped, and each decision is a ``Problem``
 naming the file and row. ``report`` prints them (``train.py --strict`` makes them errors);
-``python -m tools.datacheck`` lists them all without training. ``split_files`` and ``dataset_image_size``
-read the layout's files and sizes.
+``python -m tools.datacheck`` lists them all without training. ``split_files`` and ``split_rows`` read the
+layout's files; ``dataset_image_size`` and ``round_to_stride`` choose the network's input side.
 """
 from __future__ import annotations
 
