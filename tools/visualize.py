@@ -20,7 +20,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image
@@ -34,7 +33,7 @@ from head import make_anchor_points
 from tools.checkpoint import CheckpointError, load_checkpoint
 from tools.device import DeviceError, resolve_device
 from tools.plots import (plot_anchor_points, plot_assignment, plot_augmentations, plot_predictions, plot_score_maps,
-                         to_uint8_image)
+                         save, to_uint8_image)
 from tools.sources import load_class_names, resolve_data_root
 
 
@@ -114,10 +113,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def save(fig, name):
+    def save_png(fig, name):
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
+        save(fig, path, dpi=80)
         # 256-colour palette: photos as PNG shrink ~3x, small enough to commit (the walkthrough embeds them).
         Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
         print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
@@ -129,13 +127,13 @@ def main(argv=None):
     picture = to_uint8_image(image, mean, std)
     feats_shapes = [(size // s, size // s) for s in trained.strides]
     points, strides = make_anchor_points(feats_shapes, trained.strides)
-    save(plot_anchor_points(picture, points, strides, target["boxes"]), "anchors")
+    save_png(plot_anchor_points(picture, points, strides, target["boxes"]), "anchors")
     result, points = assignments(models, image, target)
     titles = {"assign_simple": "simple assigner (prior-box IoU, top-9): prediction-free",
               "assign_tal_epoch0": "TAL, untrained head: t = s * IoU^6 from random boxes",
               "assign_tal_trained": "TAL, trained model: positives where score and box are both good"}
     for name, a in result.items():
-        save(plot_assignment(picture, points, a, target["boxes"], titles[name], zoom_to="all"), name)
+        save_png(plot_assignment(picture, points, a, target["boxes"], titles[name], zoom_to="all"), name)
     print(f"\nlabel assignment on the validation split ({len(val)} images):\n{assignment_table(models, val)}\n")
 
     # The smallest GT with no anchor point strictly inside it: without the nearest-point fallback in
@@ -150,25 +148,25 @@ def main(argv=None):
     result, points = assignments(models, image, target)
     w, h = (target["boxes"][m, 2:] - target["boxes"][m, :2]).tolist()
     note = "has anchor points inside" if inside else "no anchor point inside; it still gets its nearest point"
-    save(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"], target["boxes"],
+    save_png(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"], target["boxes"],
                          f"GT {m}: {w:.0f}x{h:.0f} px, {note}", zoom_to=m), "tiny_gt")
 
     picks = np.random.default_rng(args.seed).choice(len(train), 8, replace=False)
     samples = [train[int(i)] for i in picks]
-    save(plot_augmentations([to_uint8_image(x, mean, std) for x, _ in samples], [t for _, t in samples], names),
+    save_png(plot_augmentations([to_uint8_image(x, mean, std) for x, _ in samples], [t for _, t in samples], names),
          "augment")
 
     images, targets = collate([test[i] for i in range(min(args.num, len(test)))])
     with torch.no_grad():
         cls_logits, boxes, *_ = trained(images.to(device, memory_format=torch.channels_last))
     preds = postprocess(cls_logits.cpu(), boxes.cpu())
-    save(plot_predictions([to_uint8_image(x, mean, std) for x in images], preds, names, targets), "predictions")
+    save_png(plot_predictions([to_uint8_image(x, mean, std) for x in images], preds, names, targets), "predictions")
 
     # Score maps of the test image the trained model is most sure about (its best score, summed over classes).
     confidence = [outputs(trained, test[i][0][None])[0][0].amax(0).sum().item() for i in range(len(test))]
     image, _ = test[int(np.argmax(confidence))]
     scores, *_ = outputs(trained, image[None])
-    save(plot_score_maps(to_uint8_image(image, mean, std), scores[0], feats_shapes, names, trained.strides),
+    save_png(plot_score_maps(to_uint8_image(image, mean, std), scores[0], feats_shapes, names, trained.strides),
          "score_maps")
 
 
