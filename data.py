@@ -34,7 +34,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.nn.utils.rnn import pad_sequence
 
-from tools.augment import paste_objects
+from tools.augment import paste_objects, yolov8_jitter
 from tools.checks import Problem, check_boxes, check_image, check_objects, report, split_rows
 from tools.sources import DataError, load_class_names
 
@@ -106,13 +106,13 @@ def decode_image(rec: Record) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- augmentation
-def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic") -> A.Compose:
+def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic", jitter: str = "light") -> A.Compose:
     """albumentations pipeline: (H,W,3) uint8 + xyxy boxes -> (3,S,S) float normalised + boxes.
 
     Test (``train=False``) or ``aug="none"``: letterbox (resize longest side, pad to a square) + normalise.
-    ``"basic"`` adds flip, colour and scale/translate jitter; ``"strong"`` puts a 4-image Mosaic in front
-    (the dataset hands it 3 donor images). ``mean``/``std`` must be the backbone's pretrained ones.
-    """
+    ``"basic"`` adds flip, colour and scale/translate jitter (``jitter="yolov8"``: YOLOv8's stronger one,
+    tools/augment.py); ``"strong"`` puts a 4-image Mosaic in front (the dataset hands it 3 donor images).
+    ``mean``/``std`` must be the backbone's pretrained ones."""
     if aug not in AUG_LEVELS:
         raise ValueError(f"aug must be one of {AUG_LEVELS}, got {aug!r}")
     letterbox = [A.LongestMaxSize(max_size=img_size),
@@ -125,10 +125,10 @@ def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic") 
         before = [A.Mosaic(target_size=(img_size, img_size), cell_shape=(img_size, img_size), fit_mode="contain",
                            fill=PAD_VALUE, p=1.0)]
     if train and aug in ("basic", "strong"):
-        after = [
+        after = yolov8_jitter(PAD_VALUE) if jitter == "yolov8" else [
             A.HorizontalFlip(p=0.5),  # FPS frames are left/right symmetric; never flip vertically
             A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT,
-                     fill=PAD_VALUE, p=0.5),
+                     fill=PAD_VALUE, p=0.5),  # x and y each drawn from the range (keep_ratio=False)
             A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=30, val_shift_limit=20, p=0.5),
             A.RandomBrightnessContrast(p=0.3),
         ]

@@ -170,7 +170,7 @@ def main(argv=None):
         depthwise_in_fp32(model, enabled=device.type == "cpu")  # oneDNN's bf16 depthwise backward is slow
         mean, std = model.backbone.mean, model.backbone.std
         splits = [DetectionDataset(root, name, build_transforms(args.img_size, name == "train", mean, std,
-                                                                args.aug if name == "train" else "none"),
+                                                                args.aug if name == "train" else "none", args.jitter),
                                    class_names, seed=args.seed, strict=args.strict, cache=args.cache,
                                    copy_paste=args.copy_paste if name == "train" else 0)
                   for name in ("train", "validation", "test")]
@@ -209,7 +209,7 @@ def main(argv=None):
         # Workers start anew each epoch (not persistent), so they see the new epoch and transform.
         train_ds.set_epoch(epoch)
         aug, train_ds.copy_paste = aug_for_epoch(epoch, planned, args)
-        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug)
+        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug, args.jitter)
         try:
             stats = train_one_epoch(model, train_loader, assigner, criterion, optimizer, scaler, ema, args,
                                     precision.train, epoch, step, planned_iters, warmup)

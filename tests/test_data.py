@@ -1,4 +1,7 @@
 """Reading the parquet layout, box conversion, augmentations, collate/padding, clear errors."""
+import random
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -60,6 +63,45 @@ def test_train_augmentations_keep_boxes_inside(tiny_dataset):
             assert len(b) == len(t["labels"])
             assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 96).all()
             assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+
+
+def _jittered(jitter, image, boxes, seed):
+    """One basic-aug training transform (no normalisation) at a given seed -> (image (S,S,3) 0..255, boxes)."""
+    tf = data.build_transforms(416, True, (0, 0, 0), (1, 1, 1), "basic", jitter)
+    tf.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    out = tf(image=image, bboxes=boxes, labels=np.zeros(len(boxes), np.int64))
+    return (out["image"].permute(1, 2, 0).numpy() * 255).round(), np.asarray(out["bboxes"])
+
+
+def test_yolov8_jitter_scales_x_and_y_alike_on_every_image():
+    # A 100x50 box in the middle of a 416 image: it stays inside at any scale 0.5-1.5 and shift <= 10 %.
+    grey, box = np.full((416, 416, 3), 128, np.uint8), np.array([[158, 183, 258, 233]], np.float32)
+    for jitter, lo, hi in (("light", 0.75, 1.25), ("yolov8", 0.5, 1.5)):
+        sizes = np.array([np.ptp(_jittered(jitter, grey, box, s)[1][0].reshape(2, 2), axis=0) for s in range(30)])
+        sx, sy = sizes[:, 0] / 100, sizes[:, 1] / 50                     # (30,) each axis' scale factor
+        assert (sx > lo - 1e-3).all() and (sx < hi + 1e-3).all()
+        if jitter == "yolov8":  # every image rescaled, the box keeps its shape, the range is used to its ends
+            np.testing.assert_allclose(sx, sy, rtol=1e-4)
+            assert (np.abs(sx - 1) > 1e-4).all() and sx.min() < 0.75 and sx.max() > 1.25
+        else:                   # half the images untouched; albumentations draws x and y apart
+            assert (np.abs(sx - 1) < 1e-4).sum() >= 5 and np.abs(sx - sy).max() > 0.05
+
+
+def test_yolov8_jitter_colour_gains_are_multiplicative_and_hue_moves_little():
+    box = np.array([[158, 183, 258, 233]], np.float32)
+    red = np.zeros((416, 416, 3), np.uint8)
+    red[:] = (200, 40, 40)                                              # hue 0 degrees
+    for jitter in ("light", "yolov8"):
+        hue_moves, lifted = [], 0
+        for s in range(30):  # the centre pixel is image content at any scale and shift the jitter draws
+            pixel = _jittered(jitter, red, box, s)[0][208, 208].astype(np.uint8)
+            hue = float(cv2.cvtColor(pixel[None, None], cv2.COLOR_RGB2HSV_FULL)[0, 0, 0]) * 360 / 256
+            hue_moves.append(min(hue, 360 - hue))
+            lifted += _jittered(jitter, np.zeros_like(red), box, s)[0][208, 208].max() > 0
+        if jitter == "yolov8":  # 0.015 of the circle is 5.4 degrees; 8 allows for 8-bit hue and RGB rounding
+            assert max(hue_moves) < 8 and lifted == 0  # gains: black stays black
+        else:                   # the light jitter's additive shifts move both
+            assert max(hue_moves) > 8 and lifted > 0
 
 
 def test_image_without_objects_is_a_valid_sample(tiny_dataset):

@@ -160,6 +160,20 @@ def test_multi_scale_flag_trains_at_several_sides(tmp_path, monkeypatch):
     assert rows[0]["steps"] == 4 and rows[0]["skipped"] == 0 and rows[0]["val_map"] != ""
 
 
+def test_jitter_flag_reaches_every_epoch_and_outlasts_mosaic(tmp_path, monkeypatch):
+    built = []
+    real = train.build_transforms
+    def spy(size, is_train, mean, std, aug="basic", jitter="light"):
+        built.append((is_train, aug, jitter))
+        return real(size, is_train, mean, std, aug, jitter)
+    monkeypatch.setattr(train, "build_transforms", spy)
+    root = make_dataset(tmp_path / "d", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
+    train.main(["--data", str(root), "--out", str(tmp_path), "--name", "j", "--workers", "0", "--epochs", "2",
+                "--batch-size", "4", "--img-size", "64", "--close-mosaic", "1", "--jitter", "yolov8"])
+    per_epoch = [b for b in built if b[0]][1:]   # the first is the loader's placeholder, replaced at epoch 1
+    assert per_epoch == [(True, "strong", "yolov8"), (True, "basic", "yolov8")]
+
+
 @pytest.mark.slow
 # --------------------------------------------------------------------------- EMA, other backbones
 def test_ema_weights_are_evaluated_and_saved(tmp_path, monkeypatch):

@@ -1,16 +1,19 @@
-"""Two augmentations written by hand, measured as levers and off by default (RESULTS.md section 4).
+"""Augmentation levers, measured and off by default (RESULTS.md sections 4 and 8).
 
-Not part of the course's pipeline (``data.build_transforms``); ``train.py --copy-paste N`` and
-``--multi-scale F`` switch them on.
+Not part of the course's pipeline (``data.build_transforms``); ``train.py --copy-paste N``,
+``--multi-scale F`` and ``--jitter yolov8`` switch them on.
 
 - ``paste_objects``: Simple Copy-Paste (Ghiasi et al., CVPR 2021) with boxes instead of masks, called by
   ``data.DetectionDataset`` before the albumentations pipeline.
 - ``multi_scale``: YOLO9000's multi-scale training, a whole batch resized in the training step.
+- ``yolov8_jitter``: YOLOv8's per-image jitter, in place of ``build_transforms``' lighter one.
 """
 from __future__ import annotations
 
 import math
 
+import albumentations as A
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -79,3 +82,20 @@ def multi_scale(images: torch.Tensor, boxes: torch.Tensor, frac: float, stride: 
         return images, boxes
     images = F.interpolate(images, size=(new, new), mode="bilinear", align_corners=False)
     return images.contiguous(memory_format=torch.channels_last), boxes * (new / side)
+
+
+def yolov8_jitter(fill: int) -> list:
+    """YOLOv8's default per-image jitter (its hyperparameters fliplr 0.5, scale 0.5, translate 0.1,
+    hsv_v / hsv_s / hsv_h 0.4 / 0.7 / 0.015), as albumentations transforms to follow the letterbox:
+
+    - scale 0.5-1.5, one factor for x and y, and a shift of up to 10 %, on every image (``build_transforms``'
+      light jitter: 0.75-1.25 on half of them); ``fill``: the letterbox's grey for the uncovered border;
+    - colour by multiplicative gains, value 0.6-1.4 and saturation 0.3-1.7 (dark pixels stay dark), and a
+      hue shift of at most 0.015 of the colour circle, 5 degrees: the enemies' red outline is a cue.
+
+    Differences from YOLOv8: its HSV gains are drawn in OpenCV's HSV space, ColorJitter's brightness and
+    saturation factors work on RGB; no perspective or shear (both are 0 in its defaults too)."""
+    return [A.HorizontalFlip(p=0.5),  # FPS frames are left/right symmetric; never flip vertically
+            A.Affine(scale=(0.5, 1.5), keep_ratio=True, translate_percent=(-0.1, 0.1),  # keep_ratio: x and y alike
+                     border_mode=cv2.BORDER_CONSTANT, fill=fill, p=1.0),
+            A.ColorJitter(brightness=0.4, contrast=0.0, saturation=0.7, hue=0.015, p=1.0)]

@@ -53,6 +53,10 @@ def parse_train_args(argv=None) -> argparse.Namespace:
     g.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
     g.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
     g.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="train augmentation level (strong: + mosaic)")
+    g.add_argument("--jitter", choices=["light", "yolov8"], default="light",
+                   help="per-image scale and colour jitter: light (scale 0.75-1.25 on half the images) or "
+                        "YOLOv8's (0.5-1.5 on every image, multiplicative colour gains; tools/augment.py); "
+                        "it stays on when mosaic closes")
     g.add_argument("--close-mosaic", type=int, default=None, metavar="N",
                    help="with --aug strong: basic aug for the last N planned epochs; default: the last eighth, rounded "
                         "up (10 of 80, 2 of 14; a --time run plans --epochs until its first epoch is timed)")
