@@ -6,9 +6,9 @@ fixed stem/head), the same stage layout as EfficientNet-B0: features of
 [16, 24, 40, 112, 320] channels at strides [2, 4, 8, 16, 32].
 
 ``Backbone(name)`` wraps ``timm.create_model(name, features_only=True)`` and
-returns only the stride 8, 16 and 32 maps (C3, C4, C5), reading channels and
-strides from timm's ``feature_info`` instead of hard-coding them, so any timm
-name works (``resnet18``, ``efficientnet_b0`` ...).
+returns only the stride 8, 16 and 32 maps (C3, C4, C5; ``strides=(4, 8, 16, 32)``
+adds C2), reading channels and strides from timm's ``feature_info`` instead of
+hard-coding them, so any timm name works (``resnet18``, ``efficientnet_b0`` ...).
 
 Pretrained weights, in order:
 
@@ -101,21 +101,21 @@ def lukemelas_to_timm(state: dict, model: nn.Module) -> dict:
 
 
 class Backbone(nn.Module):
-    """``forward(images (B,3,H,W)) -> [C3, C4, C5]`` at strides 8, 16, 32.
+    """``forward(images (B,3,H,W)) -> [C3, C4, C5]`` at ``strides`` 8, 16, 32 (or the maps of the strides asked).
 
     ``unfreeze_last=k``: everything is frozen, then the last k blocks (stages) train again;
     0 = fully frozen, -1 = everything trains.
     """
 
     def __init__(self, name: str = "tf_efficientnet_lite0", pretrained: bool = True, unfreeze_last: int = 2,
-                 weights: str | None = None):
+                 weights: str | None = None, strides: tuple[int, ...] = (8, 16, 32)):
         super().__init__()
         self.name = name
         self.body = timm.create_model(name, pretrained=False, features_only=True)
         reductions = self.body.feature_info.reduction()
-        self.keep = [i for i, r in enumerate(reductions) if r in (8, 16, 32)]
-        if len(self.keep) != 3:
-            raise ValueError(f"backbone {name}: needs feature maps at strides 8, 16, 32, timm gives {reductions}")
+        self.keep = [i for i, r in enumerate(reductions) if r in strides]
+        if len(self.keep) != len(strides):
+            raise ValueError(f"backbone {name}: needs feature maps at strides {list(strides)}, timm gives {reductions}")
         self.channels = [self.body.feature_info.channels()[i] for i in self.keep]
         self.strides = [reductions[i] for i in self.keep]
         # timm's pretrained config says how its ImageNet weights expect inputs to be normalised.

@@ -28,16 +28,20 @@ class Detector(nn.Module):
     """``forward(images (B,3,H,W)) -> DetectorOutput``: class logits, xyxy pixel boxes, anchor points.
 
     H and W must be multiples of the largest stride (32) so every level tiles the image exactly.
+    ``strides``: the levels the head predicts at; (4, 8, 16, 32) adds a stride-4 level on the backbone's C2.
     """
 
     def __init__(self, num_classes: int, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True,
                  weights: str | None = None, unfreeze: int = 2, width: int = 64, neck: str = "fpn",
-                 neck_block: str = "conv", depthwise_head: bool = False, box_bins: int = 0):
+                 neck_block: str = "conv", depthwise_head: bool = False, box_bins: int = 0,
+                 strides: tuple[int, ...] = (8, 16, 32)):
         super().__init__()
         # Everything needed to rebuild this model; saved in checkpoints (weights come from the checkpoint).
         self.config = dict(num_classes=num_classes, backbone=backbone, unfreeze=unfreeze, width=width, neck=neck,
-                           neck_block=neck_block, depthwise_head=depthwise_head, box_bins=box_bins)
-        self.backbone = Backbone(backbone, pretrained=pretrained, unfreeze_last=unfreeze, weights=weights)
+                           neck_block=neck_block, depthwise_head=depthwise_head, box_bins=box_bins,
+                           strides=tuple(strides))
+        self.backbone = Backbone(backbone, pretrained=pretrained, unfreeze_last=unfreeze, weights=weights,
+                                 strides=tuple(strides))
         self.neck = build_neck(neck, self.backbone.channels, width, neck_block)
         self.head = DecoupledHead(num_classes, width, width, self.backbone.strides, depthwise=depthwise_head,
                                   box_bins=box_bins)
@@ -51,7 +55,7 @@ class Detector(nn.Module):
         return self._points[shapes]
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        feats = self.neck(self.backbone(images))     # [P3, P4, P5], (B, width, h_i, w_i)
+        feats = self.neck(self.backbone(images))     # [P3, P4, P5] (by default), (B, width, h_i, w_i)
         cls_logits, ltrb, box_logits = self.head(feats)  # (B, A, C), (B, A, 4) pixel distances, (B, A, 4, n)
         points, strides = self.anchor_points(feats)  # (A, 2), (A,)
         return DetectorOutput(cls_logits, decode(points, ltrb), points, strides, box_logits)

@@ -165,7 +165,7 @@ def main(argv=None):
         args.img_size = round_to_stride(args.img_size or dataset_image_size(root))
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
                          unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block,
-                         depthwise_head=args.head_conv == "depthwise", box_bins=args.box_bins)
+                         depthwise_head=args.head_conv == "depthwise", box_bins=args.box_bins, strides=args.strides)
         model = model.to(device, memory_format=torch.channels_last)
         depthwise_in_fp32(model, enabled=device.type == "cpu")  # oneDNN's bf16 depthwise backward is slow
         mean, std = model.backbone.mean, model.backbone.std

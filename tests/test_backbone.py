@@ -42,6 +42,14 @@ def test_backbone_strides_and_channels(lite0, size):
         assert f.shape == (1, c, size[0] // s, size[1] // s)
 
 
+def test_backbone_stride_4_level_adds_c2():
+    bb = Backbone("tf_efficientnet_lite0", pretrained=False, strides=(4, 8, 16, 32))
+    assert bb.channels == [24, 40, 112, 320] and bb.strides == [4, 8, 16, 32]
+    assert [f.shape[-1] for f in bb(torch.zeros(1, 3, 64, 64))] == [16, 8, 4, 2]
+    with pytest.raises(ValueError, match="strides"):
+        Backbone("tf_efficientnet_lite0", pretrained=False, strides=(8, 16, 64))
+
+
 @pytest.mark.parametrize("k", [0, 2, -1])
 def test_freeze_last_k_blocks(k):
     bb = Backbone("tf_efficientnet_lite0", pretrained=False, unfreeze_last=k)

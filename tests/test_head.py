@@ -46,11 +46,12 @@ def test_distribution_to_distance():
 
 
 @pytest.mark.parametrize("size", [(128, 128), (96, 160)])
-@pytest.mark.parametrize("box_bins", [0, 16])
-def test_detector_outputs_and_box_centres(size, box_bins):
-    model = Detector(num_classes=2, pretrained=False, box_bins=box_bins).eval()
+@pytest.mark.parametrize("box_bins, levels", [(0, (8, 16, 32)), (16, (8, 16, 32)), (0, (4, 8, 16, 32))])
+def test_detector_outputs_and_box_centres(size, box_bins, levels):
+    model = Detector(num_classes=2, pretrained=False, box_bins=box_bins, strides=levels).eval()
     cls, boxes, points, strides, box_logits = model(torch.zeros(2, 3, *size))
-    a = sum((size[0] // s) * (size[1] // s) for s in (8, 16, 32))
+    a = sum((size[0] // s) * (size[1] // s) for s in levels)
+    assert sorted(set(strides.tolist())) == list(levels)
     assert cls.shape == (2, a, 2) and boxes.shape == (2, a, 4) and points.shape == (a, 2) and strides.shape == (a,)
     # Every decoded box contains its own anchor point (distances are positive).
     assert (boxes[..., :2] < points).all() and (boxes[..., 2:] > points).all()

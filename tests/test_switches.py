@@ -197,12 +197,13 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_head_switches_train_and_reload(tmp_path):
-    """--box-bins trains a distribution head and --head-conv depthwise depthwise-separable branch convs; the
-    checkpoint rebuilds the same head for evaluation."""
+    """--box-bins trains a distribution head, --head-conv depthwise depthwise-separable branch convs and
+    --strides 4 8 16 32 a stride-4 level; the checkpoint rebuilds the same model for evaluation."""
     from tools.checkpoint import load_checkpoint
     root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
     res = train.main(["--data", str(root), "--out", str(tmp_path), "--name", "dfl", "--workers", "0", "--epochs", "1",
-                      "--batch-size", "4", "--img-size", "64", "--box-bins", "8", "--head-conv", "depthwise"])
+                      "--batch-size", "4", "--img-size", "64", "--box-bins", "8", "--head-conv", "depthwise",
+                      "--strides", "4", "8", "16", "32"])
     assert math.isfinite(res["map"])
     row = next(csv.DictReader(open(tmp_path / "dfl" / "metrics.csv")))
     assert float(row["loss_dfl"]) > 0  # the DFL term is trained and logged
@@ -215,7 +216,8 @@ def test_head_switches_train_and_reload(tmp_path):
     assert all(c.groups == 1 and c.kernel_size == (3, 3) for c in branch_convs(Detector(num_classes=2, pretrained=False)))
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 64))
-    assert out.box_logits.shape == (1, 84, 4, 8)
+    assert out.box_logits.shape == (1, 16 * 16 + 84, 4, 8)  # the stride-4 level's 16x16 points come first
+    assert model.config["strides"] == (4, 8, 16, 32) and out.strides[:256].eq(4).all()
 
 
 @pytest.mark.parametrize("name, channels", [("efficientnet_b0", [40, 112, 320]), ("resnet18", [128, 256, 512])])

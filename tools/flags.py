@@ -37,6 +37,8 @@ def parse_train_args(argv=None) -> argparse.Namespace:
     g.add_argument("--neck-block", choices=["conv", "csp"], default="conv", help="neck fuse unit: 3x3 conv or CSP")
     g.add_argument("--head-conv", choices=["depthwise", "full"], default="full",
                    help="head branch convs: full 3x3 (YOLOX-S and up) or depthwise-separable (YOLOX-Nano)")
+    g.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32], choices=[4, 8, 16, 32], metavar="S",
+                   help="levels the head predicts at; 4 8 16 32 adds a stride-4 level (P2, on the backbone's C2)")
     g.add_argument("--box-bins", type=int, default=0,
                    help="N > 0: predict each box side as a distribution over 0..N-1 strides, trained with "
                         "the distribution focal loss (GFL; YOLOv8: 16); 0: one softplus distance per side")
