@@ -109,3 +109,35 @@ def test_per_class_ap50_and_ap75_match_torchmetrics_at_that_threshold():
         ours = list(per_class_ap_at_iou(res, ["a", "b"], iou_index).values())
         assert ours == pytest.approx(ref, abs=1e-6)
     assert per_class_ap_at_iou(res, ["a", "b"], 0) != per_class_ap_at_iou(res, ["a", "b"], 5)
+
+
+def test_per_size_ap50_and_ap75_match_torchmetrics_at_that_threshold():
+    """per_size_ap_at_iou reads one IoU threshold and one area range: torchmetrics run with only that threshold
+    gives the same AP small / medium / large, and over the ten thresholds they average to its map_small etc."""
+    from torchmetrics.detection import MeanAveragePrecision
+    from tools.metrics import per_size_ap_at_iou
+    g = torch.Generator().manual_seed(1)
+    preds, targets = [], []
+    for _ in range(8):
+        xy = torch.rand(6, 2, generator=g) * 80
+        gt = torch.cat([xy, xy + 8 + torch.rand(6, 2, generator=g) * 140], 1)  # areas from < 32² to > 96²
+        idx = torch.randint(0, 6, (10,), generator=g)
+        wh = gt[idx, 2:] - gt[idx, :2]
+        jitter = (torch.rand(10, 4, generator=g) - 0.5) * 0.4 * wh.repeat(1, 2)   # IoUs spread over 0.5..1
+        labels = torch.randint(0, 2, (6,), generator=g)
+        preds.append({"boxes": gt[idx] + jitter, "scores": torch.rand(10, generator=g), "labels": labels[idx]})
+        targets.append({"boxes": gt, "labels": labels})
+    full = MeanAveragePrecision(class_metrics=True, extended_summary=True)
+    full.update(preds, targets)
+    res = full.compute()
+    for iou_index, thr in ((0, 0.5), (5, 0.75)):
+        single = MeanAveragePrecision(iou_thresholds=[thr])
+        single.update(preds, targets)
+        ref = single.compute()
+        ours = per_size_ap_at_iou(res, iou_index)
+        assert [ours[k] for k in ("small", "medium", "large")] == pytest.approx(
+            [ref[f"map_{k}"].item() for k in ("small", "medium", "large")], abs=1e-6)
+    every = [per_size_ap_at_iou(res, t) for t in range(10)]
+    for k in ("small", "medium", "large"):
+        assert sum(e[k] for e in every) / 10 == pytest.approx(res[f"map_{k}"].item(), abs=1e-6)
+    assert per_size_ap_at_iou(res, 0) != per_size_ap_at_iou(res, 5)

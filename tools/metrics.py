@@ -38,22 +38,36 @@ def per_class_ap_at_iou(res: dict, class_names: list[str], iou_index: int) -> di
     return {class_names[c]: ap_at_iou(res, k, iou_index) for k, c in enumerate(res["classes"].reshape(-1).tolist())}
 
 
+def per_size_ap_at_iou(res: dict, iou_index: int) -> dict[str, float]:
+    """{"small" / "medium" / "large": AP at one IoU threshold over the classes} in COCO's area ranges (the
+    extended summary's area axis: 0 all, 1 small, 2 medium, 3 large). As COCO's own summary: the mean of
+    the precisions that are not -1, the entries of classes with no GT of that size; -1 where none is left."""
+    out = {}
+    for a, size in enumerate(("small", "medium", "large"), start=1):
+        p = res["precision"][iou_index, :, :, a, -1]                   # (101 recall points, K classes)
+        out[size] = p[p > -1].mean().item() if (p > -1).any() else -1.0
+    return out
+
+
 def metrics_summary(res: dict, class_names: list[str]) -> dict:
     """The numbers a run reports, as plain floats: mAP, mAP50, mAP75, AP of small / medium / large objects
     (COCO's areas in the image's own pixels: < 32², 32²..96², > 96²; -1 where a split has none) and, per
-    class, AP@[.5:.95], AP50 and AP75 (the last two need ``evaluate``'s extended summary)."""
+    class, AP@[.5:.95], AP50 and AP75, and per size AP50 and AP75 (these need ``evaluate``'s extended summary)."""
     return {"map": float(res["map"]), "map_50": float(res["map_50"]), "map_75": float(res["map_75"]),
             "map_small": float(res["map_small"]), "map_medium": float(res["map_medium"]),
             "map_large": float(res["map_large"]),
             "ap_per_class": per_class_ap(res, class_names),
             "ap50_per_class": per_class_ap_at_iou(res, class_names, 0),
-            "ap75_per_class": per_class_ap_at_iou(res, class_names, 5)}
+            "ap75_per_class": per_class_ap_at_iou(res, class_names, 5),
+            "ap50_per_size": per_size_ap_at_iou(res, 0), "ap75_per_size": per_size_ap_at_iou(res, 5)}
 
 
 def format_results(s: dict) -> str:
     """``metrics_summary``'s numbers as a small text table."""
     lines = [f"mAP@[.5:.95] {s['map']:.4f}   mAP50 {s['map_50']:.4f}   mAP75 {s['map_75']:.4f}",
              f"AP small {s['map_small']:.4f}   medium {s['map_medium']:.4f}   large {s['map_large']:.4f}",
+             "AP50 / AP75 small {small}   medium {medium}   large {large}".format(
+                 **{k: f"{s['ap50_per_size'][k]:.4f} / {s['ap75_per_size'][k]:.4f}" for k in s["ap50_per_size"]}),
              f"{'class':<16}{'AP@[.5:.95]':>12}{'AP50':>8}{'AP75':>8}"]
     lines += [f"{name:<16}{ap:>12.4f}{s['ap50_per_class'][name]:>8.4f}{s['ap75_per_class'][name]:>8.4f}"
               for name, ap in s["ap_per_class"].items()]
