@@ -1,4 +1,4 @@
-"""Augmentation levers, measured and off by default (RESULTS.md sections 4 and 8).
+"""Augmentation levers, off by default (measured in RESULTS.md section 4).
 
 Not part of the course's pipeline (``data.build_transforms``); ``train.py --copy-paste N``,
 ``--multi-scale F`` and ``--jitter yolov8`` switch them on.
