@@ -39,7 +39,7 @@ def parse_train_args(argv=None) -> argparse.Namespace:
                    help="head branch convs: full 3x3 (YOLOX-S and up) or depthwise-separable (YOLOX-Nano)")
     g.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32], choices=[4, 8, 16, 32], metavar="S",
                    help="levels the head predicts at; 4 8 16 32 adds a stride-4 level (P2, on the backbone's C2)")
-    g.add_argument("--box-bins", type=int, default=0,
+    g.add_argument("--box-bins", type=int, default=16,
                    help="N > 0: predict each box side as a distribution over 0..N-1 strides, trained with "
                         "the distribution focal loss (GFL; YOLOv8: 16); 0: one softplus distance per side")
 
@@ -47,13 +47,16 @@ def parse_train_args(argv=None) -> argparse.Namespace:
     g.add_argument("--assigner", choices=["tal", "simple"], default="tal")
     g.add_argument("--warmup-assigner-epochs", type=int, default=0,
                    help="use the simple assigner for the first N epochs, then --assigner")
-    g.add_argument("--tal-topk", type=int, default=13, help="TAL: positives per GT")
-    g.add_argument("--tal-alpha", type=float, default=1.0, help="TAL: exponent of the class score")
+    g.add_argument("--tal-topk", type=int, default=10, help="TAL: positives per GT (TOOD: 13, YOLOv8: 10)")
+    g.add_argument("--tal-alpha", type=float, default=0.5,
+                   help="TAL: exponent of the class score (TOOD: 1, YOLOv8: 0.5)")
     g.add_argument("--tal-beta", type=float, default=6.0, help="TAL: exponent of the IoU")
     g.add_argument("--box-loss", choices=sorted(BOX_LOSSES), default="giou")
     g.add_argument("--cls-loss", choices=sorted(CLS_LOSSES), default="bce")
-    g.add_argument("--box-weight", type=float, default=2.5, help="weight of the box loss against the cls loss (1)")
-    g.add_argument("--dfl-weight", type=float, default=0.5, help="weight of the DFL term (with --box-bins)")
+    g.add_argument("--box-weight", type=float, default=15.0,
+                   help="weight of the box loss against the cls loss (1); YOLOv8: 7.5 : 0.5")
+    g.add_argument("--dfl-weight", type=float, default=3.0,
+                   help="weight of the DFL term (with --box-bins); YOLOv8: 1.5 against its box 7.5")
     g.add_argument("--aug", choices=AUG_LEVELS, default="strong", help="train augmentation level (strong: + mosaic)")
     g.add_argument("--jitter", choices=["light", "yolov8"], default="light",
                    help="per-image scale and colour jitter: light (scale 0.75-1.25 on half the images) or "
