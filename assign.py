@@ -22,7 +22,9 @@ Differences from the paper:
 
 - TOOD writes the metric as ``t = s^alpha * u^beta`` with alpha on the score and
   beta on the IoU (alpha=1, beta=6). The course text swaps the two names; we keep
-  the paper's roles.
+  the paper's roles. ``TaskAlignedAssigner``'s defaults are TOOD's (top-k 13,
+  alpha 1); train.py trains with YOLOv8's (top-k 10, alpha 0.5: the class score
+  counts less while it is still poor; RESULTS.md section 8 measures the pair).
 - A GT so small that no anchor point lies inside it (8-px heads at stride 8) gets
   its nearest anchor point as a candidate, so it is never left unlearned. TOOD
   (and YOLOv8) would silently drop it.

@@ -19,9 +19,10 @@ Differences from the paper:
 - Boxes are (l, t, r, b) distances (FCOS / TOOD / YOLOv8), not YOLOX's
   (dx, dy, log w, log h); distances are ``softplus(x) * stride`` so they are
   positive and each level predicts in units of its own stride.
-- Optional (``box_bins=n``, off by default): each distance is a discrete distribution over
-  0 .. n-1 strides and the box is its expectation (GFL, Li et al., NeurIPS 2020, sec. 3.3
-  "General Distribution"; YOLOv8 uses n = 16), trained with losses.distribution_focal_loss.
+- With ``box_bins=n`` (train.py's default n = 16, as YOLOv8; 0 keeps the softplus distance
+  above) each distance is a discrete distribution over 0 .. n-1 strides and the box is its
+  expectation (GFL, Li et al., NeurIPS 2020, sec. 3.3 "General Distribution"), trained with
+  losses.distribution_focal_loss.
 - Width 64, not the paper's 256: on a CPU a 256-channel head at stride 8 costs more
   than the whole backbone. The branch convs are the paper's plain 3x3 convs;
   ``depthwise=True`` (``train.py --head-conv depthwise``, YOLOX-Nano's setting) makes them

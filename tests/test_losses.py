@@ -138,10 +138,10 @@ def test_detection_loss_dfl_term():
     scores = torch.tensor([[[0.5, 0.0], [0.0, 0.0]]])
     a = _assignment(torch.tensor([[True, False]]), target, scores)
     pred = torch.tensor([[[6.0, 8, 14, 20], [0, 0, 1, 1]]])
-    out = DetectionLoss(dfl_weight=2.0)(torch.zeros(1, 2, 2), pred, a, logits, points, strides)
+    out = DetectionLoss(box_weight=3.0, dfl_weight=2.0)(torch.zeros(1, 2, 2), pred, a, logits, points, strides)
     expected = distribution_focal_loss(logits[0, 0], torch.tensor([1.0, 0.5, 1.0, 2.5])).mean() * 0.5 / 1
     torch.testing.assert_close(out["dfl"], expected)
-    torch.testing.assert_close(out["total"], out["cls"] + 2.5 * out["box"] + 2.0 * out["dfl"])
+    torch.testing.assert_close(out["total"], out["cls"] + 3.0 * out["box"] + 2.0 * out["dfl"])
     assert "dfl" not in DetectionLoss()(torch.zeros(1, 2, 2), pred, a)
 
 
