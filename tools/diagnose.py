@@ -71,10 +71,11 @@ def format_side_errors(rows: list[dict], class_names: list[str]) -> str:
 
 
 @torch.no_grad()
-def level_counts(model, loader, class_names: list[str]):
-    """Per (class, size): GTs (Counter), TAL's positives per stride (Counter of Counters), and the stride of the
-    surviving detection that matches each GT best at IoU >= 0.5 (Counter of Counters)."""
-    assigner, positives, survivors, counts = TaskAlignedAssigner(), defaultdict(Counter), defaultdict(Counter), Counter()
+def level_counts(model, loader, class_names: list[str], assigner: TaskAlignedAssigner):
+    """Per (class, size): GTs (Counter), the positives per stride that ``assigner`` (the one the model trained
+    with) picks from its predictions (Counter of Counters), and the stride of the surviving detection that
+    matches each GT best at IoU >= 0.5 (Counter of Counters)."""
+    positives, survivors, counts = defaultdict(Counter), defaultdict(Counter), Counter()
     for images, targets in loader:
         gt_boxes, gt_labels, gt_mask = pad_targets(targets)                     # network frame
         out = model(images.contiguous(memory_format=torch.channels_last))
@@ -126,7 +127,9 @@ def main(argv=None):
     rows = side_errors(dets, args.min_score)
     print(f"{args.checkpoint}, {args.split}: {len(rows)} GT boxes matched at IoU >= 0.5 by a detection scoring "
           f">= {args.min_score}\n{format_side_errors(rows, names)}\n")
-    print(format_levels(*level_counts(model, loader, names)))
+    ta = ckpt["train_args"]
+    assigner = TaskAlignedAssigner(topk=ta["tal_topk"], alpha=ta["tal_alpha"], beta=ta["tal_beta"])
+    print(format_levels(*level_counts(model, loader, names, assigner)))
     if args.out:
         save(plot_side_errors(rows, names), args.out)
         print(f"wrote {args.out}")
