@@ -84,21 +84,29 @@ def test_visualize_script_writes_every_figure(tmp_path):
                      "predictions", "score_maps"}
 
 
+def _detections_near_gts(seed: int, images: int, gts: int, dets: int, max_extra_side: float):
+    """Random GT boxes (sides 8 .. 8 + max_extra_side px, two classes) and detections that copy a GT with each
+    side moved by up to ±20 % of the box, so their IoUs spread over 0.5 .. 1, with random scores."""
+    g = torch.Generator().manual_seed(seed)
+    preds, targets = [], []
+    for _ in range(images):
+        xy = torch.rand(gts, 2, generator=g) * 80
+        gt = torch.cat([xy, xy + 8 + torch.rand(gts, 2, generator=g) * max_extra_side], 1)   # (gts, 4) xyxy
+        idx = torch.randint(0, gts, (dets,), generator=g)
+        wh = gt[idx, 2:] - gt[idx, :2]
+        jitter = (torch.rand(dets, 4, generator=g) - 0.5) * 0.4 * wh.repeat(1, 2)           # (dets, 4) px
+        labels = torch.randint(0, 2, (gts,), generator=g)
+        preds.append({"boxes": gt[idx] + jitter, "scores": torch.rand(dets, generator=g), "labels": labels[idx]})
+        targets.append({"boxes": gt, "labels": labels})
+    return preds, targets
+
+
 def test_per_class_ap50_and_ap75_match_torchmetrics_at_that_threshold():
     """ap_at_iou reads one IoU threshold out of the 10-threshold extended summary; torchmetrics run with
     only that threshold must give the same per-class AP (a wrong index or axis gives another number)."""
     from torchmetrics.detection import MeanAveragePrecision
     from tools.metrics import per_class_ap_at_iou
-    g = torch.Generator().manual_seed(0)
-    preds, targets = [], []
-    for _ in range(6):
-        xy = torch.rand(5, 2, generator=g) * 80
-        gt = torch.cat([xy, xy + 10 + torch.rand(5, 2, generator=g) * 20], 1)
-        jitter = (torch.rand(8, 4, generator=g) - 0.5) * 8  # some boxes IoU > 0.75, some between 0.5 and 0.75
-        idx = torch.randint(0, 5, (8,), generator=g)
-        labels = torch.randint(0, 2, (5,), generator=g)
-        preds.append({"boxes": gt[idx] + jitter, "scores": torch.rand(8, generator=g), "labels": labels[idx]})
-        targets.append({"boxes": gt, "labels": labels})
+    preds, targets = _detections_near_gts(seed=0, images=6, gts=5, dets=8, max_extra_side=20)
     full = MeanAveragePrecision(class_metrics=True, extended_summary=True)
     full.update(preds, targets)
     res = full.compute()
@@ -116,17 +124,7 @@ def test_per_size_ap50_and_ap75_match_torchmetrics_at_that_threshold():
     gives the same AP small / medium / large, and over the ten thresholds they average to its map_small etc."""
     from torchmetrics.detection import MeanAveragePrecision
     from tools.metrics import per_size_ap_at_iou
-    g = torch.Generator().manual_seed(1)
-    preds, targets = [], []
-    for _ in range(8):
-        xy = torch.rand(6, 2, generator=g) * 80
-        gt = torch.cat([xy, xy + 8 + torch.rand(6, 2, generator=g) * 140], 1)  # areas from < 32² to > 96²
-        idx = torch.randint(0, 6, (10,), generator=g)
-        wh = gt[idx, 2:] - gt[idx, :2]
-        jitter = (torch.rand(10, 4, generator=g) - 0.5) * 0.4 * wh.repeat(1, 2)   # IoUs spread over 0.5..1
-        labels = torch.randint(0, 2, (6,), generator=g)
-        preds.append({"boxes": gt[idx] + jitter, "scores": torch.rand(10, generator=g), "labels": labels[idx]})
-        targets.append({"boxes": gt, "labels": labels})
+    preds, targets = _detections_near_gts(seed=1, images=8, gts=6, dets=10, max_extra_side=140)  # < 32² to > 96²
     full = MeanAveragePrecision(class_metrics=True, extended_summary=True)
     full.update(preds, targets)
     res = full.compute()
