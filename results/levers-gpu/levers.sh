@@ -4,7 +4,8 @@
 export PYTHONUNBUFFERED=1 DETECTION_DATA=.gpu/data/valorant-object-detection
 python3 -m pip install -q --no-deps --no-index .gpu/wheels/*.whl 2>&1 | tail -2
 R=/tmp/lev; mkdir -p $R
-base="--epochs 16 --close-mosaic 4 --workers 2 --out $R"
+T="--box-weight 2.5 --box-bins 0 --tal-topk 13 --tal-alpha 1"   # TOOD's balance; the flags after it override it
+base="--epochs 16 --close-mosaic 4 --workers 2 --out $R $T"
 v8="--box-weight 15 --dfl-weight 3 --box-bins 16 --tal-alpha 0.5 --tal-topk 10"
 u5="--unfreeze 5 --backbone-lr 0.1"
 for s in 0 1; do
