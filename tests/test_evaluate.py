@@ -1,6 +1,7 @@
 """evaluate.py's post-processing: NMS, Soft-NMS against its hard limit (= NMS), box voting, flip TTA and
 WBF, each on hand-built cases; and the localisation readings of tools/metrics.py and tools/diagnose.py."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -162,13 +163,21 @@ def test_level_counts_cover_every_gt(tiny_dataset):
     from data import DetectionDataset, build_transforms, collate
     from detector import Detector
     from assign import TaskAlignedAssigner
-    from tools.diagnose import level_counts
+    from tools.diagnose import level_counts, size_name
     torch.manual_seed(0)
     model = Detector(2, pretrained=False).eval()
-    ds = DetectionDataset(tiny_dataset, "validation", build_transforms(128, False, (0.5,) * 3, (0.5,) * 3))
+    names = ["box-red", "box-blue"]
+    # A 256 px network frame for 128 px images: each box's area grows 4x, so sizes taken in the network frame
+    # would move some GTs up a COCO size; the counts must use the image's own pixels, as COCO does.
+    ds = DetectionDataset(tiny_dataset, "validation", build_transforms(256, False, (0.5,) * 3, (0.5,) * 3))
+    expected = Counter((names[label], size_name(torch.from_numpy(box)))
+                       for r in ds.records for box, label in zip(r.boxes, r.labels))
+    doubled = Counter((names[label], size_name(torch.from_numpy(box) * 2))
+                      for r in ds.records for box, label in zip(r.boxes, r.labels))
+    assert doubled != expected                 # the case tells the two frames apart
     counts, positives, survivors = level_counts(model, torch.utils.data.DataLoader(ds, 4, collate_fn=collate),
-                                                ["box-red", "box-blue"], TaskAlignedAssigner(topk=5))
-    assert sum(counts.values()) == sum(len(r.labels) for r in ds.records)
+                                                names, TaskAlignedAssigner(topk=5))
+    assert counts == expected
     for key, n in counts.items():
         assert set(positives[key]) <= {8, 16, 32} and 0 < sum(positives[key].values()) <= 5 * n  # the given top-k
         assert sum(survivors[key].values()) <= n  # at most one matched survivor per GT

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from assign import TaskAlignedAssigner
-from data import DetectionDataset, build_transforms, collate, pad_targets
+from data import DetectionDataset, boxes_to_image, build_transforms, collate, pad_targets
 from evaluate import evaluate, postprocess
 from losses import box_iou
 from tools.checkpoint import model_from_checkpoint, read_checkpoint
@@ -72,7 +72,7 @@ def format_side_errors(rows: list[dict], class_names: list[str]) -> str:
 
 @torch.no_grad()
 def level_counts(model, loader, class_names: list[str], assigner: TaskAlignedAssigner):
-    """Per (class, size): GTs (Counter), the positives per stride that ``assigner`` (the one the model trained
+    """Per (class, COCO size in image pixels): GTs (Counter), the positives per stride that ``assigner`` (the one the model trained
     with) picks from its predictions (Counter of Counters), and the stride of the surviving detection that
     matches each GT best at IoU >= 0.5 (Counter of Counters)."""
     positives, survivors, counts = defaultdict(Counter), defaultdict(Counter), Counter()
@@ -85,8 +85,11 @@ def level_counts(model, loader, class_names: list[str], assigner: TaskAlignedAss
             # The kept boxes are rows of the model's boxes: equality finds the anchor each one came from.
             kept_anchor = (det["boxes"][:, None] == boxes[b][None]).all(-1).float().argmax(1)    # (K,)
             kept_label = det["labels"]
+            # COCO sizes are areas in the image's own pixels, not the network frame's (at 640 px a 416 px
+            # image's boxes grow 2.4x in area).
+            gt_image = boxes_to_image(gt_boxes[b], targets[b]["image_size"], images.shape[-1])  # (M, 4)
             for m in range(int(gt_mask[b].sum())):
-                key = (class_names[int(gt_labels[b, m])], size_name(gt_boxes[b, m]))
+                key = (class_names[int(gt_labels[b, m])], size_name(gt_image[m]))
                 counts[key] += 1
                 pos = a.fg_mask[b] & (a.gt_index[b] == m)
                 positives[key].update(out.strides[pos].int().tolist())
