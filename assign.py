@@ -22,9 +22,9 @@ Differences from the paper:
 
 - TOOD writes the metric as ``t = s^alpha * u^beta`` with alpha on the score and
   beta on the IoU (alpha=1, beta=6). The course text swaps the two names; we keep
-  the paper's roles. ``TaskAlignedAssigner``'s defaults are TOOD's (top-k 13,
-  alpha 1); train.py trains with YOLOv8's (top-k 10, alpha 0.5: the class score
-  counts less while it is still poor; RESULTS.md section 8 measures the pair).
+  the paper's roles. The defaults are the run's (``python train.py``), YOLOv8's
+  top-k 10 and alpha 0.5, not TOOD's 13 and 1: the class score counts less while
+  it is still poor (RESULTS.md section 8 measures the pair).
 - A GT so small that no anchor point lies inside it (8-px heads at stride 8) gets
   its nearest anchor point as a candidate, so it is never left unlearned. TOOD
   (and YOLOv8) would silently drop it.
@@ -124,7 +124,7 @@ class TaskAlignedAssigner:
     (``anchor_strides`` is in the call for the simple assigner's priors; TAL needs none.)
     """
 
-    def __init__(self, topk: int = 13, alpha: float = 1.0, beta: float = 6.0):
+    def __init__(self, topk: int = 10, alpha: float = 0.5, beta: float = 6.0):  # TOOD: 13, 1.0, 6.0
         self.topk, self.alpha, self.beta = topk, alpha, beta
 
     @torch.no_grad()
@@ -188,7 +188,7 @@ class SimpleAssigner:
 
 
 # --------------------------------------------------------------------------- diagnostics
-def target_stats(a: Assignment, gt_mask: torch.Tensor) -> dict:
+def target_stats(assignment: Assignment, gt_mask: torch.Tensor) -> dict:
     """How much each real GT teaches, summed over the GTs of a batch (divide by ``gts`` for means).
 
     Per GT m with positives P_m and soft targets t (the cls targets; the box loss weights its positives
@@ -199,10 +199,11 @@ def target_stats(a: Assignment, gt_mask: torch.Tensor) -> dict:
                                                        equal, 1 when one positive holds all the weight
     """
     b, m = gt_mask.shape
-    t = a.target_scores.amax(-1) * a.fg_mask                                      # (B, A)
-    index = a.gt_index.where(a.fg_mask, torch.full_like(a.gt_index, m))           # background -> bin m
+    fg, gt_index = assignment.fg_mask, assignment.gt_index
+    t = assignment.target_scores.amax(-1) * fg                                    # (B, A)
+    index = gt_index.where(fg, torch.full_like(gt_index, m))                      # background -> bin m
     bins = lambda v: torch.zeros(b, m + 1, device=v.device).scatter_add_(1, index, v)[:, :m]  # noqa: E731
-    count, mass, square = bins(a.fg_mask.float()), bins(t), bins(t * t)          # (B, M) each
+    count, mass, square = bins(fg.float()), bins(t), bins(t * t)                  # (B, M) each
     taught = gt_mask & (square > 0)
     return {"gts": int(gt_mask.sum()), "positives": float(count[gt_mask].sum()), "mass": float(mass[gt_mask].sum()),
             "effective": float((mass[taught] ** 2 / square[taught]).sum())}

@@ -22,6 +22,7 @@ Differences from the course notebook:
 """
 from __future__ import annotations
 
+import glob
 import random
 import sys
 from dataclasses import dataclass
@@ -30,12 +31,13 @@ from pathlib import Path
 import albumentations as A
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
 from torch.nn.utils.rnn import pad_sequence
 
 from tools.augment import paste_objects, yolov8_jitter
-from tools.checks import Problem, check_boxes, check_image, check_objects, report, split_rows
+from tools.checks import Problem, check_boxes, check_image, check_objects, report
 from tools.sources import DataError, load_class_names
 
 SPLITS = ("train", "validation", "test")
@@ -63,28 +65,63 @@ def coco_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
 
+def split_files(root: Path, split: str) -> list[str]:
+    """The parquet files of one split: ``<root>/data/<split>-*.parquet``."""
+    files = sorted(glob.glob(str(Path(root) / "data" / f"{split}-*.parquet")))
+    if not files:
+        raise DataError(f"no {split} split: {Path(root) / 'data' / f'{split}-*.parquet'} matches no file")
+    return files
+
+
+def split_rows(root: Path, split: str, problems: list[Problem]):
+    """Every row of a split as (row dict, "file.parquet row 12 (image_id 34)"), with a clear error for a file
+    that is not the Hugging Face layout; a repeated image_id is appended to ``problems``."""
+    seen = set()
+    for f in split_files(root, split):
+        try:
+            df = pd.read_parquet(f)
+        except Exception as e:
+            raise DataError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        missing = {"image_id", "image", "objects"} - set(df.columns)
+        if missing:
+            raise DataError(f"{f}: missing column(s) {sorted(missing)} (expected the Hugging Face RF100 layout)")
+        for i, row in enumerate(df.to_dict("records")):
+            where = f"{Path(f).name} row {i} (image_id {row['image_id']})"
+            if row["image_id"] in seen:
+                problems.append(Problem(where, "duplicate image_id (COCO results would mix two images)", False))
+            seen.add(row["image_id"])
+            yield row, where
+
+
+def dataset_image_size(root: Path) -> int:
+    """The dataset's own (most common) image side, rounded up to a multiple of 32: 640 Halo, 416 stand-in."""
+    df = pd.read_parquet(split_files(root, "train")[0], columns=["width", "height"])
+    side = int(pd.concat([df["width"], df["height"]]).mode().iloc[0])
+    return (side + 31) // 32 * 32
+
+
 def parse_row(row: dict, num_classes: int, where: str) -> tuple[Record | None, list[Problem]]:
     """One parquet row -> Record: COCO xywh -> xyxy pixels and 1-based category -> 0-based label, ONCE.
 
     Every row is checked on the way (tools/checks.py): bad boxes are dropped, boxes crossing the border
     clipped, an unusable image gives ``None``; each such decision comes back as a Problem."""
     size, problems = check_image(row, where)                       # (W, H) from the image header
-    objects, found = check_objects(row, where) if size else (None, [])
+    objects, object_problems = check_objects(row, where) if size else (None, [])
     if objects is None:
-        return None, problems + found
+        return None, problems + object_problems
     xywh, cats = objects                                            # (N, 4) COCO boxes, (N,) categories
     boxes = coco_to_xyxy(xywh)                                      # (N, 4) xyxy pixels
     labels = cats - FIRST_CATEGORY_ID                               # (N,) 0-based model classes
-    keep, boxes, found = check_boxes(xywh, cats, boxes, labels, size, num_classes, where)
-    return Record(int(row["image_id"]), row["image"]["bytes"], boxes[keep], labels[keep], where), problems + found
+    keep, boxes, box_problems = check_boxes(xywh, cats, boxes, labels, size, num_classes, where)
+    return Record(int(row["image_id"]), row["image"]["bytes"], boxes[keep], labels[keep], where), problems + box_problems
 
 
 def scan_split(root: Path, split: str, num_classes: int) -> tuple[list[Record], list[Problem]]:
     """Every usable row of a split as a Record (boxes xyxy, labels 0-based), and every problem found."""
     records, problems = [], []
     for row, where in split_rows(root, split, problems):  # a repeated image_id is a problem too
-        rec, found = parse_row(row, num_classes, where)
-        problems += found
+        rec, row_problems = parse_row(row, num_classes, where)
+        problems += row_problems
         if rec is not None:
             records.append(rec)
     return records, problems

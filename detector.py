@@ -1,7 +1,8 @@
 """The detector: backbone -> neck -> head, plus the anchor points the head's outputs refer to.
 
 This file only composes the parts (backbone.py, neck.py, head.py) and rebuilds a model from the
-plain config dict that checkpoints store, so ``evaluate.py`` needs nothing but the checkpoint.
+plain config dict that checkpoints store (``model_from_checkpoint``), so ``evaluate.py`` needs nothing
+but the checkpoint.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch.nn as nn
 from backbone import Backbone
 from head import DecoupledHead, decode, make_anchor_points
 from neck import build_neck
+from tools.checkpoint import CheckpointError, read_checkpoint
+from tools.speed import fuse_conv_bn
 
 
 class DetectorOutput(NamedTuple):
@@ -33,7 +36,7 @@ class Detector(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True,
                  weights: str | None = None, unfreeze: int = 2, width: int = 64, neck: str = "fpn",
-                 neck_block: str = "conv", depthwise_head: bool = False, box_bins: int = 0,
+                 neck_block: str = "conv", depthwise_head: bool = False, box_bins: int = 16,
                  strides: tuple[int, ...] = (8, 16, 32)):
         super().__init__()
         # Everything needed to rebuild this model; saved in checkpoints (weights come from the checkpoint).
@@ -64,3 +67,30 @@ class Detector(nn.Module):
 def build_detector(config: dict, pretrained: bool = False) -> Detector:
     """Rebuild a Detector from ``Detector.config`` (no download: a checkpoint brings the weights)."""
     return Detector(pretrained=pretrained, **config)
+
+
+def load_checkpoint(path: str, device="cpu", fuse: bool = True):
+    """-> (fp32 model in eval mode, checkpoint dict). Raises CheckpointError with a readable message.
+    ``fuse``: see ``model_from_checkpoint``."""
+    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(ckpt, device, fuse), ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device="cpu", fuse: bool = True, dtype: torch.dtype | None = None):
+    """The model of a checkpoint read by ``read_checkpoint``, in eval mode, channels_last.
+    ``fuse``: fold BatchNorm into the convs (inference only: same outputs, faster; ``tools.speed.fuse_conv_bn``);
+    ``dtype``: with ``fuse``, weights stored in bf16 / fp16 for inference under autocast to it.
+    A file written by ``tools/export.py`` (``"folded"``) is already folded, in float16: it is loaded into the folded
+    structure and computed in float32 (or ``dtype``); it cannot be unfolded (``fuse=False``)."""
+    model = build_detector(ckpt["model_config"])
+    if ckpt.get("folded"):
+        if not fuse:
+            raise CheckpointError("an exported (BN-folded) file can only be evaluated, not trained or benchmarked")
+        model = fuse_conv_bn(model)  # the structure of the folded model, to load the folded weights into
+        model.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in ckpt["model"].items()})
+        model = model.to(dtype) if dtype is not None else model
+    else:
+        model.load_state_dict(ckpt["model"])
+        if fuse:
+            model = fuse_conv_bn(model, dtype)
+    return model.to(device, memory_format=torch.channels_last).eval()

@@ -20,7 +20,9 @@ The command line's reports (tables, plots, COCO JSON, drawings) are written by t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,11 +30,12 @@ import torchvision
 from torchmetrics.detection import MeanAveragePrecision
 from tqdm import tqdm
 
-from data import DataError, DetectionDataset, boxes_to_image, build_transforms, collate
+from data import FIRST_CATEGORY_ID, DataError, DetectionDataset, boxes_to_image, build_transforms, collate
+from detector import model_from_checkpoint
 from losses import box_iou
-from tools.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from tools.checkpoint import CheckpointError, read_checkpoint
 from tools.checks import round_to_stride
-from tools.device import DeviceError, autocast, choose, describe, resolve_device
+from tools.device import DeviceError, autocast, choose_precision, describe, resolve_device
 from tools.outputs import read_images, report, save_prediction
 from tools.sources import load_class_names, resolve_data_root
 
@@ -178,6 +181,19 @@ def evaluate(model, loader, desc: str = "eval", dtype=None, **detect_kwargs) -> 
     return metric.compute(), detections
 
 
+def to_coco_json(detections: list[dict]) -> list[dict]:
+    """COCO result format, readable by pycocotools against the dataset's own annotations: one dict per box
+    with the dataset's ``image_id``, its own ``category_id`` (model class + ``FIRST_CATEGORY_ID``) and
+    ``bbox`` [x, y, w, h] in the image's own pixels (``evaluate.evaluate`` already mapped the boxes there)."""
+    rows = []
+    for d in detections:
+        for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
+            x1, y1, x2, y2 = box
+            rows.append({"image_id": int(d["image_id"]), "category_id": int(label) + FIRST_CATEGORY_ID,
+                         "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(float(score), 5)})
+    return rows
+
+
 def detect_image(model, rgb: np.ndarray, img_size: int, **detect_kwargs) -> dict:
     """One image file's pixels (H, W, 3) uint8 -> detections in those pixels: letterbox, ``detect``, and
     ``data.boxes_to_image`` back, as ``evaluate`` does for a dataset."""
@@ -189,6 +205,44 @@ def detect_image(model, rgb: np.ndarray, img_size: int, **detect_kwargs) -> dict
 
 
 def main(argv=None):
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        precision = choose_precision(device, args.amp, "infer")
+        print(describe(device, precision))
+        ckpt = read_checkpoint(args.checkpoint)
+        if args.raw:
+            if ckpt.get("train_model") is None:
+                raise CheckpointError(f"{args.checkpoint} holds no raw training weights (an exported file?)")
+            ckpt = {**ckpt, "model": ckpt["train_model"]}
+        model = model_from_checkpoint(ckpt, device, dtype=precision.infer)  # BN folded: same outputs, faster
+        names, size = ckpt["class_names"], round_to_stride(args.img_size or ckpt["train_args"]["img_size"])
+        detect_options = dict(method=args.nms, tta=args.tta, dtype=precision.infer, score_thresh=args.score_thresh,
+                    iou_thresh=args.iou_thresh)
+        if args.images:
+            for path, rgb in read_images(args.images):
+                save_prediction(path, rgb, detect_image(model, rgb, size, **detect_options), names, args)
+            return
+        root = resolve_data_root(args.data)
+        if len(data_names := load_class_names(root)) != len(names):
+            raise CheckpointError(f"the checkpoint was trained for {len(names)} classes {names}, the dataset at "
+                                  f"{root} has {len(data_names)} {data_names}")
+        tf = build_transforms(size, train=False, mean=model.backbone.mean, std=model.backbone.std)
+        ds = DetectionDataset(root, args.split, tf, class_names=names)
+    except (CheckpointError, DataError, DeviceError) as e:
+        sys.exit(f"error: {e}")
+    res, dets = evaluate(model, torch.utils.data.DataLoader(ds, args.batch_size, collate_fn=collate), **detect_options)
+    print(f"{args.split} split, {len(ds)} images, {size} px, {args.nms}{' + flip TTA' if args.tta else ''}")
+    report(res, dets, ds, names, args)
+    if args.save_json:
+        Path(args.save_json).write_text(json.dumps(to_coco_json(dets)))
+        print(f"wrote {args.save_json}")
+
+
+
+# --------------------------------------------------------------------------- the command line
+def parse_args(argv=None) -> argparse.Namespace:
+    """evaluate.py's flags; their defaults are ``postprocess``'s (tests/test_recipe.py checks it)."""
     p = argparse.ArgumentParser(description="Evaluate a checkpoint: COCO mAP on a split, pictures of predictions.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default=None, help="dataset root (default: the one auto-resolved, see README)")
@@ -216,34 +270,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.nms == "wbf" and not args.tta:
         p.error("--nms wbf fuses the two passes of --tta: add --tta, or use --nms vote")
-    try:
-        device = resolve_device(args.device)
-        precision = choose(device, args.amp, "infer")
-        print(describe(device, precision))
-        ckpt = read_checkpoint(args.checkpoint)
-        if args.raw:
-            if ckpt.get("train_model") is None:
-                raise CheckpointError(f"{args.checkpoint} holds no raw training weights (an exported file?)")
-            ckpt = {**ckpt, "model": ckpt["train_model"]}
-        model = model_from_checkpoint(ckpt, device, dtype=precision.infer)  # BN folded: same outputs, faster
-        names, size = ckpt["class_names"], round_to_stride(args.img_size or ckpt["train_args"]["img_size"])
-        post = dict(method=args.nms, tta=args.tta, dtype=precision.infer, score_thresh=args.score_thresh,
-                    iou_thresh=args.iou_thresh)
-        if args.images:
-            for path, rgb in read_images(args.images):
-                save_prediction(path, rgb, detect_image(model, rgb, size, **post), names, args)
-            return
-        root = resolve_data_root(args.data)
-        if len(data_names := load_class_names(root)) != len(names):
-            raise CheckpointError(f"the checkpoint was trained for {len(names)} classes {names}, the dataset at "
-                                  f"{root} has {len(data_names)} {data_names}")
-        tf = build_transforms(size, train=False, mean=model.backbone.mean, std=model.backbone.std)
-        ds = DetectionDataset(root, args.split, tf, class_names=names)
-    except (CheckpointError, DataError, DeviceError) as e:
-        sys.exit(f"error: {e}")
-    res, dets = evaluate(model, torch.utils.data.DataLoader(ds, args.batch_size, collate_fn=collate), **post)
-    print(f"{args.split} split, {len(ds)} images, {size} px, {args.nms}{' + flip TTA' if args.tta else ''}")
-    report(res, dets, ds, names, args)
+    return args
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ Differences from the paper:
   against TAL's soft targets (alignment x IoU), so it already ranks boxes by
   localisation quality (as in TOOD, YOLOv6 and YOLOv8).
 - Boxes are (l, t, r, b) distances (FCOS / TOOD / YOLOv8), not YOLOX's
-  (dx, dy, log w, log h); distances are ``softplus(x) * stride`` so they are
-  positive and each level predicts in units of its own stride.
-- With ``box_bins=n`` (train.py's default n = 16, as YOLOv8; 0 keeps the softplus distance
-  above) each distance is a discrete distribution over 0 .. n-1 strides and the box is its
-  expectation (GFL, Li et al., NeurIPS 2020, sec. 3.3 "General Distribution"), trained with
-  losses.distribution_focal_loss.
+  (dx, dy, log w, log h), in units of the level's stride, so each level predicts
+  distances of the same range.
+- Each distance is a discrete distribution over 0 .. n-1 strides (``box_bins=n``, 16 as
+  YOLOv8) and the box is its expectation (GFL, Li et al., NeurIPS 2020, sec. 3.3 "General
+  Distribution"), trained with losses.distribution_focal_loss. ``box_bins=0``
+  (``train.py --box-bins 0``) predicts one distance per side instead, ``softplus(x) * stride``
+  (positive by construction), as FCOS does with exp.
 - Width 64, not the paper's 256: on a CPU a 256-channel head at stride 8 costs more
   than the whole backbone. The branch convs are the paper's plain 3x3 convs;
   ``depthwise=True`` (``train.py --head-conv depthwise``, YOLOX-Nano's setting) makes them
@@ -47,7 +48,7 @@ class DecoupledHead(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 64, width: int = 64, strides=(8, 16, 32),
-                 depthwise: bool = False, prior_prob: float = 0.01, box_bins: int = 0):
+                 depthwise: bool = False, prior_prob: float = 0.01, box_bins: int = 16):
         super().__init__()
         self.num_classes, self.strides, self.box_bins = num_classes, tuple(strides), box_bins
         n = len(strides)
@@ -73,6 +74,8 @@ class DecoupledHead(nn.Module):
         for i, x in enumerate(feats):
             x = self.stems[i](x)                                       # (B, width, h, w)
             cls = self.cls_preds[i](self.cls_branches[i](x))          # (B, C, h, w)
+            # fp32 from here: under fp16 / bf16 autocast the softmax over bins and the pixel distances would
+            # round to 1/8 px or worse at stride 32; the assigner and the loss read these boxes.
             box = self.box_preds[i](self.box_branches[i](x)).float()  # (B, 4 or 4n, h, w)
             if self.box_bins:
                 logits = box.unflatten(1, (4, self.box_bins)).flatten(3)  # (B, 4, n, h*w): one distribution per side

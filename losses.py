@@ -196,22 +196,24 @@ class DetectionLoss(torch.nn.Module):
         self.box_loss_fn, self.cls_loss_fn = BOX_LOSSES[box_loss], CLS_LOSSES[cls_loss]
         self.cls_weight, self.box_weight, self.dfl_weight = cls_weight, box_weight, dfl_weight
 
-    def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, a, box_logits: torch.Tensor | None = None,
-                points: torch.Tensor | None = None, strides: torch.Tensor | None = None) -> dict:
-        """``a``: the ``assign.Assignment`` of these predictions (read here, not imported: assign.py builds on
-        this module's IoU). ``box_logits`` (B, A, 4, n), ``points`` (A, 2), ``strides`` (A,): a distribution
-        head's outputs (``DetectorOutput``), for the DFL term; without them the loss has no DFL term."""
+    def forward(self, cls_logits: torch.Tensor, pred_boxes: torch.Tensor, assignment,
+                box_logits: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                strides: torch.Tensor | None = None) -> dict:
+        """``assignment``: the ``assign.Assignment`` of these predictions (read here, not imported: assign.py
+        builds on this module's IoU). ``box_logits`` (B, A, 4, n), ``points`` (A, 2), ``strides`` (A,): a
+        distribution head's outputs (``DetectorOutput``), for the DFL term; without them there is no DFL term."""
+        fg, target_boxes, target_scores = assignment.fg_mask, assignment.target_boxes, assignment.target_scores
         cls_logits, pred_boxes = cls_logits.float(), pred_boxes.float()  # the loss always runs in fp32
-        norm = a.target_scores.sum().clamp(min=1)  # max(Σ targets, 1): a batch of empty images divides by 1
-        loss_cls = self.cls_loss_fn(cls_logits, a.target_scores).sum() / norm
-        fg = a.fg_mask
-        weight = a.target_scores.sum(-1)[fg]  # (P,) each positive counts as much as its soft target
-        loss_box = (self.box_loss_fn(pred_boxes[fg], a.target_boxes[fg], reduction="none") * weight).sum() / norm
+        norm = target_scores.sum().clamp(min=1)  # max(Σ targets, 1): a batch of empty images divides by 1
+        loss_cls = self.cls_loss_fn(cls_logits, target_scores).sum() / norm
+        weight = target_scores.sum(-1)[fg]  # (P,) each positive counts as much as its soft target
+        loss_box = (self.box_loss_fn(pred_boxes[fg], target_boxes[fg], reduction="none") * weight).sum() / norm
         total = self.cls_weight * loss_cls + self.box_weight * loss_box
         out = {"cls": loss_cls, "box": loss_box}
         if box_logits is not None:
-            p = points.expand(len(fg), -1, -1)[fg]                                   # (P, 2) anchor points
-            ltrb = encode(p, a.target_boxes[fg]) / strides.expand(len(fg), -1)[fg][:, None]  # (P, 4) in bins
+            fg_points = points.expand(len(fg), -1, -1)[fg]                      # (P, 2) anchor points
+            fg_strides = strides.expand(len(fg), -1)[fg][:, None]               # (P, 1)
+            ltrb = encode(fg_points, target_boxes[fg]) / fg_strides             # (P, 4) target distances in bins
             loss_dfl = (distribution_focal_loss(box_logits[fg], ltrb).mean(-1) * weight).sum() / norm
             total = total + self.dfl_weight * loss_dfl
             out["dfl"] = loss_dfl

@@ -130,11 +130,11 @@ def test_target_score_is_normalised_alignment():
     labels, boxes, mask = gts([box], [1])
     pred = pred_boxes_around_points(half=4.0)
     scores = torch.rand(1, A, 2, generator=torch.Generator().manual_seed(0))
-    a = TaskAlignedAssigner(topk=4)(scores, pred, POINTS, STRIDES, labels, boxes, mask)
+    a = TaskAlignedAssigner(topk=4, alpha=0.5)(scores, pred, POINTS, STRIDES, labels, boxes, mask)
     fg = a.fg_mask[0]
     from losses import box_iou
     iou = box_iou(boxes[0], pred[0])[0][fg]
-    t = scores[0, fg, 1] * iou ** 6
+    t = scores[0, fg, 1] ** 0.5 * iou ** 6
     torch.testing.assert_close(a.target_scores[0, fg, 1], t / t.max() * iou.max())
 
 

@@ -28,7 +28,7 @@ def run(root, out, name, *extra):
 def test_train_evaluate_resume_on_cuda(gpu_data, tmp_path, monkeypatch, capsys, card):
     if card.startswith("T4"):  # the policy of a capability-7.5 card, run on this one: fp16 kernels, loss scaling
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    expected = dev.choose(torch.device("cuda:0"))
+    expected = dev.choose_precision(torch.device("cuda:0"))
     res = train.main(run(gpu_data, tmp_path, "full", "--epochs", "2"))
     assert capsys.readouterr().out.startswith("[device] cuda:0")
     assert 0 <= float(res["map"]) <= 1

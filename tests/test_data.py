@@ -10,7 +10,8 @@ import data
 from tools import datacheck
 from tools import sources
 from tools.augment import paste_objects
-from tools.checks import dataset_image_size, image_header_size
+from data import dataset_image_size
+from tools.checks import image_header_size
 from conftest import CARD, encode_jpeg, make_dataset, make_row, synthetic_image, write_split
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

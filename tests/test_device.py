@@ -4,7 +4,7 @@ import torch
 
 import train
 from tools import device as dev
-from tools.flags import parse_train_args
+from train import parse_args as parse_train_args
 
 BF16, FP16 = torch.bfloat16, torch.float16
 
@@ -31,7 +31,7 @@ def test_policy_by_hardware(cuda, monkeypatch, capability, cpu_bf16, device, tra
     cuda(capability)
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: cpu_bf16)
     chosen = dev.resolve_device("auto")
-    precision = dev.choose(chosen)
+    precision = dev.choose_precision(chosen)
     assert (str(chosen), precision.train, precision.infer, precision.scaler) == (device, train_dtype, infer_dtype,
                                                                                scaler)
     line = dev.describe(chosen, precision)
@@ -40,20 +40,20 @@ def test_policy_by_hardware(cuda, monkeypatch, capability, cpu_bf16, device, tra
 
 def test_mps_is_fp32_even_with_amp(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    precision = dev.choose(dev.resolve_device("mps"), amp=True)
+    precision = dev.choose_precision(dev.resolve_device("mps"), amp=True)
     assert (precision.train, precision.infer, precision.scaler) == (None, None, False)
 
 
 def test_amp_flags_override_one_phase(cuda, monkeypatch):
     cuda((7, 5))
     t4 = torch.device("cuda:0")
-    assert dev.choose(t4, amp=False).train is None and not dev.choose(t4, amp=False).scaler
-    assert dev.choose(t4, amp=False).infer == FP16                       # --no-amp in train.py: training only
-    assert dev.choose(t4, amp=False, phase="infer").infer is None
+    assert dev.choose_precision(t4, amp=False).train is None and not dev.choose_precision(t4, amp=False).scaler
+    assert dev.choose_precision(t4, amp=False).infer == FP16                       # --no-amp in train.py: training only
+    assert dev.choose_precision(t4, amp=False, phase="infer").infer is None
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
     cpu = torch.device("cpu")
-    assert dev.choose(cpu, amp=True).train == BF16                       # forced: emulated bf16
-    assert dev.choose(cpu, amp=True, phase="infer").infer == BF16
+    assert dev.choose_precision(cpu, amp=True).train == BF16                       # forced: emulated bf16
+    assert dev.choose_precision(cpu, amp=True, phase="infer").infer == BF16
 
 
 def test_asked_for_device_that_is_not_there(cuda, monkeypatch):

@@ -10,9 +10,9 @@ from tools import benchmark
 import evaluate
 from tools import export
 from tools import sources
-from detector import Detector
+from detector import Detector, model_from_checkpoint
 from evaluate import postprocess
-from tools.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from tools.checkpoint import CheckpointError, read_checkpoint
 
 
 def trained_like_checkpoint(seed: int = 0) -> dict:

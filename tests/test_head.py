@@ -22,11 +22,13 @@ def test_decode_ltrb_to_xyxy():
     assert encode(points, decode(points, ltrb)).tolist() == ltrb.tolist()  # encode inverts decode
 
 
-def test_head_shapes_and_prior_init():
-    head = DecoupledHead(num_classes=3, in_channels=16, width=16)
+@pytest.mark.parametrize("box_bins", [16, 0])
+def test_head_shapes_and_prior_init(box_bins):
+    head = DecoupledHead(num_classes=3, in_channels=16, width=16, box_bins=box_bins)
     feats = [torch.randn(2, 16, s, s) for s in (8, 4, 2)]
     cls, ltrb, box_logits = head(feats)
-    assert cls.shape == (2, 84, 3) and ltrb.shape == (2, 84, 4) and box_logits is None
+    assert cls.shape == (2, 84, 3) and ltrb.shape == (2, 84, 4)
+    assert box_logits is None if box_bins == 0 else box_logits.shape == (2, 84, 4, 16)
     assert (ltrb > 0).all()
     torch.testing.assert_close(head.cls_preds[0].bias.sigmoid(), torch.full((3,), 0.01))
 

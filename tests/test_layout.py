@@ -1,4 +1,7 @@
-"""The repo's shape: the course at the top, the lab in tools/, every import pointing one way (no cycle)."""
+"""The repo's shape: the course at the top, the lab in tools/, every import pointing one way.
+
+tools/ holds two kinds of module. Helpers are what the course imports (and what those import): they never
+import a course module. Programs (``python -m tools.NAME``) use the course and are never imported by it."""
 import ast
 from pathlib import Path
 
@@ -18,7 +21,7 @@ def own_modules() -> dict[str, Path]:
 def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The repo's own modules that ``path`` imports anywhere in it (inside functions too): ``import x``,
     ``from x import y``, ``from tools import y`` (y a module) and ``from tools.x import y``."""
-    found = set()
+    imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -26,8 +29,8 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        found |= {name for name in names if name in modules}
-    return found
+        imported |= {name for name in names if name in modules}
+    return imported
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -81,6 +84,33 @@ def test_top_level_is_the_course():
     assert {p.stem for p in REPO.glob("*.py")} == COURSE
 
 
-@pytest.mark.parametrize("module", sorted(COURSE - {"detector"}))
-def test_course_modules_fit_one_sitting(module):
-    assert len((REPO / f"{module}.py").read_text().splitlines()) <= 250
+def helpers(graph: dict[str, set[str]]) -> set[str]:
+    """The tools modules the course reaches: those it imports, and what those import in turn."""
+    reached, todo = set(), [m for c in COURSE for m in graph[c] if m.startswith("tools.")]
+    while todo:
+        m = todo.pop()
+        if m not in reached:
+            reached.add(m)
+            todo += [n for n in graph[m] if n.startswith("tools.")]
+    return reached
+
+
+def test_helpers_never_import_the_course():
+    graph = import_graph()
+    reached = helpers(graph)
+    assert {"tools.sources", "tools.checks", "tools.device"} <= reached, "the graph was read"
+    for helper in sorted(reached):
+        back = graph[helper] & COURSE
+        assert not back, f"{helper} is imported by the course and imports the course back ({sorted(back)})"
+
+
+def test_helpers_and_programs_as_tools_init_lists_them():
+    """tools/__init__.py names each module under the kind it is; a module that changes kind must move there."""
+    graph = import_graph()
+    text = (REPO / "tools" / "__init__.py").read_text()
+    listed_helpers = text.split("Programs")[0]
+    for name in sorted(m for m in graph if m.startswith("tools.")):
+        short = name.split(".")[1]
+        assert short in text, f"tools/__init__.py does not list {short}"
+        assert (f"{short}.py" in listed_helpers) == (name in helpers(graph)), (
+            f"{name} is {'a helper' if name in helpers(graph) else 'a program'}: list it under that heading")

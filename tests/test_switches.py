@@ -16,7 +16,7 @@ from conftest import make_dataset
 from detector import Detector
 from tools.augment import multi_scale
 from tools.plots import to_uint8_image
-from tools.run import iters_that_fit
+from train import iters_that_fit
 
 
 # --------------------------------------------------------------------------- schedules
@@ -199,7 +199,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path, monkeypatch):
 def test_head_switches_train_and_reload(tmp_path):
     """--box-bins trains a distribution head, --head-conv depthwise depthwise-separable branch convs and
     --strides 4 8 16 32 a stride-4 level; the checkpoint rebuilds the same model for evaluation."""
-    from tools.checkpoint import load_checkpoint
+    from detector import load_checkpoint
     root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
     res = train.main(["--data", str(root), "--out", str(tmp_path), "--name", "dfl", "--workers", "0", "--epochs", "1",
                       "--batch-size", "4", "--img-size", "64", "--box-bins", "8", "--head-conv", "depthwise",

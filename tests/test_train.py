@@ -55,7 +55,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 def test_fp16_loss_scaler_state_resumes(tmp_path, monkeypatch):
     """A T4's path (fp16 autocast + GradScaler) forced on this CPU: the scaler's state is saved in last.pt and
     a resumed run goes on with it, to the same losses and the same scaler state as an uninterrupted run."""
-    monkeypatch.setattr(train, "choose", lambda *a, **k: Precision(torch.float16, None, "fp16 for the test"))
+    monkeypatch.setattr(train, "choose_precision", lambda *a, **k: Precision(torch.float16, None, "fp16 for the test"))
     root = make_dataset(tmp_path / "data", sizes={"train": 16, "validation": 4, "test": 4}, image_size=64)
     common = ["--epochs", "3", "--batch-size", "8", "--img-size", "64"]
     train.main(run_args(root, tmp_path, *common, "--name", "full"))

@@ -1,20 +1,19 @@
-"""The lab around the course: machinery that is not a course concept, imported by the course modules above
-it and never importing back into a cycle (tests/test_layout.py checks it).
+"""The lab around the course: machinery that is not a course concept. Two kinds of module, and every import
+points one way (tests/test_layout.py checks both rules):
 
-Helpers (imported by the course modules):
+Helpers: the course imports them; they never import a course module.
     sources.py      where the data and the pretrained weights come from, online and offline
     checks.py       row checks of the parquet layout, run whenever data.py reads a split
-    augment.py      copy-paste and multi-scale training, two levers measured and off by default
+    augment.py      copy-paste, multi-scale batches and YOLOv8's jitter: levers, off by default
     device.py       which device and which precision (bf16, fp16 + GradScaler, fp32), by hardware
-    checkpoint.py   checkpoints: save, resume, load back into a model
-    flags.py        train.py's command-line flags
-    run.py          a training run's folder, metrics file, --time re-plan, divergence guard, final test
+    checkpoint.py   checkpoint files: read with clear errors, save atomically, resume
+    run.py          a training run's folder, metrics file and divergence guard
     speed.py        BN folding and fp32 depthwise convs: the same arithmetic, cheaper
     metrics.py      per-class AP, AP at one IoU, localisation (IoU of each GT's best detection)
     plots.py        every plot
-    outputs.py      what evaluate.py writes: tables, plots, COCO JSON, drawings
+    outputs.py      what evaluate.py writes: tables, plots, drawings
 
-Scripts (``python -m tools.NAME --help``):
+Programs: ``python -m tools.NAME --help``; they use the course and nothing imports them.
     datacheck       statistics and every problem row of a dataset; augmented samples
     visualize       the walkthrough's figures from a checkpoint
     benchmark       speed: training step and inference against the backbone's own cost

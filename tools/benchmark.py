@@ -44,11 +44,11 @@ import torch
 
 from assign import TaskAlignedAssigner
 from data import DetectionDataset, build_transforms, collate, pad_targets
-from detector import Detector
+from detector import Detector, load_checkpoint
 from evaluate import postprocess
 from losses import DetectionLoss
-from tools.checkpoint import CheckpointError, load_checkpoint
-from tools.device import DeviceError, autocast, choose, default_workers, resolve_device
+from tools.checkpoint import CheckpointError
+from tools.device import DeviceError, autocast, choose_precision, default_workers, resolve_device
 from tools.sources import load_class_names, resolve_data_root
 from tools.speed import depthwise_in_fp32, fuse_conv_bn
 from train import make_optimizer
@@ -206,8 +206,8 @@ def main(argv=None):
         device = resolve_device(args.device)
     except DeviceError as e:
         sys.exit(f"error: {e}")
-    train_dtype = choose(device, args.amp, "train").train
-    infer_dtype = choose(device, args.infer_amp, "infer").infer
+    train_dtype = choose_precision(device, args.amp, "train").train
+    infer_dtype = choose_precision(device, args.infer_amp, "infer").infer
     args.fp32_depthwise = device.type == "cpu" if args.fp32_depthwise is None else args.fp32_depthwise
     args.workers = default_workers(device) if args.workers is None else args.workers
     root = resolve_data_root(args.data)

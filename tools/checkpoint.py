@@ -1,7 +1,7 @@
 """Checkpoints: what train.py saves, and every way back into a model. Not a course concept.
 
-- ``read_checkpoint`` / ``model_from_checkpoint``: a file written by train.py (or tools/export.py) back into
-  a model, with readable errors for a missing, corrupt or foreign file; ``save_atomic`` writes one safely.
+- ``read_checkpoint``: a file written by train.py (or tools/export.py), with readable errors for a missing,
+  corrupt or foreign file (``detector.model_from_checkpoint`` builds its model); ``save_atomic`` writes one safely.
 - ``training_state`` / ``restore`` / ``resume_args``: what ``train.py --resume`` saves and reads back.
 """
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector import build_detector
-from tools.speed import fuse_conv_bn
 
 
 class CheckpointError(RuntimeError):
@@ -33,33 +31,6 @@ def read_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint written by train.py (no model_config/model)")
     return ckpt
-
-
-def load_checkpoint(path: str, device="cpu", fuse: bool = True):
-    """-> (fp32 model in eval mode, checkpoint dict). Raises CheckpointError with a readable message.
-    ``fuse``: see ``model_from_checkpoint``."""
-    ckpt = read_checkpoint(path)
-    return model_from_checkpoint(ckpt, device, fuse), ckpt
-
-
-def model_from_checkpoint(ckpt: dict, device="cpu", fuse: bool = True, dtype: torch.dtype | None = None):
-    """The model of a checkpoint read by ``read_checkpoint``, in eval mode, channels_last.
-    ``fuse``: fold BatchNorm into the convs (inference only: same outputs, faster; see ``tools.speed.fuse_conv_bn``);
-    ``dtype``: with ``fuse``, weights stored in bf16 / fp16 for inference under autocast to it.
-    A file written by ``tools/export.py`` (``"folded"``) is already folded, in float16: it is loaded into the folded
-    structure and computed in float32 (or ``dtype``); it cannot be unfolded (``fuse=False``)."""
-    model = build_detector(ckpt["model_config"])
-    if ckpt.get("folded"):
-        if not fuse:
-            raise CheckpointError("an exported (BN-folded) file can only be evaluated, not trained or benchmarked")
-        model = fuse_conv_bn(model)  # the structure of the folded model, to load the folded weights into
-        model.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in ckpt["model"].items()})
-        model = model.to(dtype) if dtype is not None else model
-    else:
-        model.load_state_dict(ckpt["model"])
-        if fuse:
-            model = fuse_conv_bn(model, dtype)
-    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def save_atomic(obj, path: Path) -> None:

@@ -3,19 +3,16 @@
 ``data.parse_row`` calls ``check_image``, ``check_objects`` and ``check_boxes`` on every row: bad boxes are
 dropped, boxes crossing the border clipped, an unusable image skipped, and each decision is a ``Problem``
 naming the file and row. ``report`` prints them (``train.py --strict`` makes them errors);
-``python -m tools.datacheck`` lists them all without training. ``split_files`` and ``split_rows`` read the
-layout's files; ``dataset_image_size`` and ``round_to_stride`` choose the network's input side.
+``python -m tools.datacheck`` lists them all without training. ``round_to_stride`` makes an input side a
+multiple of the largest stride.
 """
 from __future__ import annotations
 
-import glob
 import io
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from tools.sources import DataError
@@ -108,41 +105,6 @@ def report(problems: list[Problem], split: str, strict: bool = False) -> None:
         dropped = sum(p.fatal for p in problems)
         print(f"[data] {split}: {len(problems)} problem(s), {dropped} box(es)/image(s) dropped, "
               f"{len(problems) - dropped} repaired; `python -m tools.datacheck` lists them", file=sys.stderr)
-
-
-def split_files(root: Path, split: str) -> list[str]:
-    """The parquet files of one split: ``<root>/data/<split>-*.parquet``."""
-    files = sorted(glob.glob(str(Path(root) / "data" / f"{split}-*.parquet")))
-    if not files:
-        raise DataError(f"no {split} split: {Path(root) / 'data' / f'{split}-*.parquet'} matches no file")
-    return files
-
-
-def split_rows(root: Path, split: str, problems: list[Problem]):
-    """Every row of a split as (row dict, "file.parquet row 12 (image_id 34)"), with a clear error for a file
-    that is not the Hugging Face layout; a repeated image_id is appended to ``problems``."""
-    seen = set()
-    for f in split_files(root, split):
-        try:
-            df = pd.read_parquet(f)
-        except Exception as e:
-            raise DataError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
-        missing = {"image_id", "image", "objects"} - set(df.columns)
-        if missing:
-            raise DataError(f"{f}: missing column(s) {sorted(missing)} (expected the Hugging Face RF100 layout)")
-        for i, row in enumerate(df.to_dict("records")):
-            where = f"{Path(f).name} row {i} (image_id {row['image_id']})"
-            if row["image_id"] in seen:
-                problems.append(Problem(where, "duplicate image_id (COCO results would mix two images)", False))
-            seen.add(row["image_id"])
-            yield row, where
-
-
-def dataset_image_size(root: Path) -> int:
-    """The dataset's own (most common) image side, rounded up to a multiple of 32: 640 Halo, 416 stand-in."""
-    df = pd.read_parquet(split_files(root, "train")[0], columns=["width", "height"])
-    side = int(pd.concat([df["width"], df["height"]]).mode().iloc[0])
-    return (side + 31) // 32 * 32
 
 
 def round_to_stride(size: int, stride: int = 32) -> int:

@@ -21,7 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from data import FIRST_CATEGORY_ID
-from tools.checks import split_files
+from data import split_files
 from tools.sources import DataError, load_class_names, resolve_data_root
 
 

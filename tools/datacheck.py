@@ -17,9 +17,9 @@ import numpy as np
 import timm
 import torch
 
-from data import AUG_LEVELS, SPLITS, DetectionDataset, build_transforms, letterbox_size, scan_split
+from data import AUG_LEVELS, SPLITS, DetectionDataset, build_transforms, dataset_image_size, letterbox_size, scan_split
 from losses import box_iou
-from tools.checks import dataset_image_size, image_header_size
+from tools.checks import image_header_size
 from tools.plots import plot_augmentations, save, to_uint8_image
 from tools.sources import DataError, load_class_names, resolve_data_root
 

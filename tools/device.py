@@ -1,6 +1,6 @@
 """Which device a run uses, and which precision on it. Not a course concept.
 
-One policy, by hardware, for every script (``choose``):
+One policy, by hardware, for every script (``choose_precision``):
 
 | device                                  | training                          | inference            |
 |-----------------------------------------|-----------------------------------|----------------------|
@@ -70,7 +70,7 @@ def native_half(device: torch.device) -> tuple[torch.dtype | None, str]:
     return None, f"{device.type} runs in fp32"
 
 
-def choose(device: torch.device, amp: bool | None = None, phase: str = "train") -> Precision:
+def choose_precision(device: torch.device, amp: bool | None = None, phase: str = "train") -> Precision:
     """The policy of the table above. ``amp`` (``--amp`` / ``--no-amp``) switches the autocast of ``phase``
     ("train" or "infer") on or off; on MPS it changes nothing (no loss scaler there, so fp32)."""
     half, why = native_half(device)

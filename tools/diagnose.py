@@ -22,7 +22,8 @@ from assign import TaskAlignedAssigner
 from data import DetectionDataset, boxes_to_image, build_transforms, collate, pad_targets
 from evaluate import evaluate, postprocess
 from losses import box_iou
-from tools.checkpoint import model_from_checkpoint, read_checkpoint
+from detector import model_from_checkpoint
+from tools.checkpoint import read_checkpoint
 from tools.plots import plot_side_errors, save
 from tools.sources import resolve_data_root
 

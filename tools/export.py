@@ -6,7 +6,7 @@
 Not a course concept. ``best.pt`` carries what ``--resume`` needs (raw and EMA weights, AdamW's two moments
 per weight, random states): about 8x the bytes of the model itself. The exported file keeps only what
 ``evaluate.py`` reads: the EMA (evaluated) weights, BN-folded (``tools.speed.fuse_conv_bn``), stored as float16,
-plus the model config, class names and training settings. ``tools.checkpoint.model_from_checkpoint`` reads it back
+plus the model config, class names and training settings. ``detector.model_from_checkpoint`` reads it back
 into a float32 model (``"folded": True`` tells it the BN layers are gone). float16 keeps 11 significant bits
 (a relative error of at most 2^-11 per weight); ``tests/test_export.py`` checks the detections stay the same.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tools.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, save_atomic
+from detector import model_from_checkpoint
+from tools.checkpoint import CheckpointError, read_checkpoint, save_atomic
 
 FP16_MAX = torch.finfo(torch.float16).max  # 65504: a folded weight beyond it would become inf
 

@@ -7,8 +7,7 @@ only index into them, and ``best_match_ious`` looks at the detections themselves
 from __future__ import annotations
 
 import torch
-
-from losses import box_iou
+from torchvision.ops import box_iou  # losses.box_iou's twin (tests/test_losses.py): tools import no course module
 
 
 def per_class_ap(res: dict, class_names: list[str]) -> dict[str, float]:

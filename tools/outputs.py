@@ -1,7 +1,7 @@
 """What ``python evaluate.py`` writes, beside the mAP it computes. Not a course concept.
 
 - ``report``: the metric tables (per size, per class, localisation), pr.png, the IoU histogram, and on
-  request COCO results JSON (``to_coco_json``), a metrics JSON and drawings of predictions;
+  request a metrics JSON and drawings of predictions (``evaluate.to_coco_json`` writes the COCO results);
 - ``read_images`` and ``save_prediction``: ``--images`` files and folders in, one drawing per image out.
 """
 from __future__ import annotations
@@ -12,24 +12,10 @@ from pathlib import Path
 
 import cv2
 
-from data import FIRST_CATEGORY_ID
 from tools.metrics import best_match_ious, format_ious, format_results, metrics_summary
 from tools.plots import plot_iou_histogram, plot_pr_curves, plot_predictions, save
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def to_coco_json(detections: list[dict]) -> list[dict]:
-    """COCO result format, readable by pycocotools against the dataset's own annotations: one dict per box
-    with the dataset's ``image_id``, its own ``category_id`` (model class + ``FIRST_CATEGORY_ID``) and
-    ``bbox`` [x, y, w, h] in the image's own pixels (``evaluate.evaluate`` already mapped the boxes there)."""
-    rows = []
-    for d in detections:
-        for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
-            x1, y1, x2, y2 = box
-            rows.append({"image_id": int(d["image_id"]), "category_id": int(label) + FIRST_CATEGORY_ID,
-                         "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(float(score), 5)})
-    return rows
 
 
 def report(res: dict, dets: list[dict], ds, names: list[str], args) -> None:
@@ -44,9 +30,6 @@ def report(res: dict, dets: list[dict], ds, names: list[str], args) -> None:
     iou_path = pr_path.with_name(f"iou_{args.split}.png")
     save(plot_iou_histogram(ious, names, args.show_thresh), iou_path)
     print(f"wrote {pr_path}, {iou_path}")
-    if args.save_json:
-        Path(args.save_json).write_text(json.dumps(to_coco_json(dets)))
-        print(f"wrote {args.save_json}")
     if args.save_metrics:
         Path(args.save_metrics).write_text(json.dumps(summary, indent=1))
     if args.save_images:

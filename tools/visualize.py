@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 from assign import SimpleAssigner, TaskAlignedAssigner, target_stats
 from data import DataError, DetectionDataset, build_transforms, collate, pad_targets
-from detector import build_detector
+from detector import build_detector, load_checkpoint
 from evaluate import postprocess
 from head import make_anchor_points
-from tools.checkpoint import CheckpointError, load_checkpoint
+from tools.checkpoint import CheckpointError
 from tools.device import DeviceError, resolve_device
 from tools.plots import (plot_anchor_points, plot_assignment, plot_augmentations, plot_predictions, plot_score_maps,
                          save, to_uint8_image)

@@ -17,7 +17,8 @@ from ultralytics.utils.metrics import ap_per_class, box_iou
 
 from data import DetectionDataset, build_transforms, collate
 from evaluate import evaluate
-from tools.checkpoint import model_from_checkpoint, read_checkpoint
+from detector import model_from_checkpoint
+from tools.checkpoint import read_checkpoint
 from tools.sources import resolve_data_root
 
 
