@@ -165,3 +165,20 @@ def test_vfl_hand_computed():
     # Negatives with alpha = 1, gamma = 0 are plain BCE.
     x = torch.randn(20)
     torch.testing.assert_close(varifocal_loss(x, torch.zeros(20), alpha=1.0, gamma=0.0), bce_loss(x, torch.zeros(20)))
+
+
+def test_detection_loss_is_normalised_by_the_sum_of_soft_targets():
+    """Three positives with soft targets 0.9, 0.8 and 0.7: both terms are divided by their sum, 2.4 (YOLOv8,
+    PP-YOLOE), not by the number of positives, 3."""
+    pred = torch.tensor([[[0.0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 2, 2]]])
+    target = torch.tensor([[[1.0, 0, 3, 2], [1.0, 0, 3, 2], [1.0, 0, 3, 2]]])    # IoU loss 2/3 each
+    scores = torch.tensor([[[0.9, 0.0], [0.8, 0.0], [0.7, 0.0]]])
+    a = _assignment(torch.tensor([[True, True, True]]), target, scores)
+    logits = torch.zeros(1, 3, 2)
+    out = DetectionLoss(box_loss="iou")(logits, pred, a)
+    expected_box = 2 / 3 * (0.9 + 0.8 + 0.7) / 2.4
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, scores, reduction="sum") / 2.4
+    torch.testing.assert_close(out["box"], torch.tensor(expected_box), msg=lambda m: (
+        "the box term must be sum(loss * t) / sum(t): normalised by the sum of soft targets (2.4), "
+        f"not the number of positives (3)\n{m}"))
+    torch.testing.assert_close(out["cls"], bce, msg=lambda m: f"the cls term must be BCE sum / sum(t) = / 2.4\n{m}")
