@@ -42,6 +42,17 @@ def test_backbone_strides_and_channels(lite0, size):
         assert f.shape == (1, c, size[0] // s, size[1] // s)
 
 
+def test_inputs_are_normalised_as_the_weights_expect(lite0):
+    """TF-ported EfficientNet-Lite weights were trained on inputs scaled to [-1, 1] (mean = std = 0.5), not
+    ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225): read the weights' own ``pretrained_cfg``."""
+    cfg = lite0.body.pretrained_cfg
+    assert (lite0.mean, lite0.std) == (tuple(cfg["mean"]), tuple(cfg["std"])) == ((0.5,) * 3, (0.5,) * 3), (
+        f"Backbone normalises with mean {lite0.mean}, std {lite0.std}; timm's config of these weights says "
+        f"{cfg['mean']}, {cfg['std']}")
+    resnet = Backbone("resnet18", pretrained=False)
+    assert resnet.mean == tuple(resnet.body.pretrained_cfg["mean"])
+
+
 def test_backbone_stride_4_level_adds_c2():
     bb = Backbone("tf_efficientnet_lite0", pretrained=False, strides=(4, 8, 16, 32))
     assert bb.channels == [24, 40, 112, 320] and bb.strides == [4, 8, 16, 32]
@@ -55,7 +66,8 @@ def test_freeze_last_k_blocks(k):
     bb = Backbone("tf_efficientnet_lite0", pretrained=False, unfreeze_last=k)
     trainable = [any(p.requires_grad for p in u.parameters()) for u in bb.units]
     n = len(bb.units) if k < 0 else k
-    assert trainable == [False] * (len(bb.units) - n) + [True] * n
+    assert trainable == [False] * (len(bb.units) - n) + [True] * n, (
+        f"unfreeze_last={k}: trainable units {trainable}; everything frozen, then the LAST {n} units train")
     if k == 2:  # the last two units are EfficientNet stages 5 and 6
         assert bb.units[-1] is bb.body.blocks[6] and bb.units[-2] is bb.body.blocks[5]
 
@@ -63,10 +75,12 @@ def test_freeze_last_k_blocks(k):
 def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
     bb = Backbone("tf_efficientnet_lite0", pretrained=False, unfreeze_last=1).train()
     frozen_bn, live_bn = bb.body.blocks[0][0].bn1, bb.body.blocks[6][0].bn1
-    assert not frozen_bn.training and live_bn.training
+    assert not frozen_bn.training and live_bn.training, \
+        "model.train() must leave the BatchNorm of frozen blocks in eval mode (override Backbone.train)"
     before = frozen_bn.running_mean.clone()
     bb(torch.randn(2, 3, 64, 64) * 3)
-    torch.testing.assert_close(frozen_bn.running_mean, before)
+    torch.testing.assert_close(frozen_bn.running_mean, before, msg=lambda m: (
+        "a forward in train mode changed a frozen block's BatchNorm statistics\n" + m))
 
 
 @pytest.mark.parametrize("config", [dict(), dict(neck="pan", neck_block="csp", depthwise_head=True),

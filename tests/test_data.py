@@ -10,7 +10,7 @@ import data
 from tools import datacheck
 from tools import sources
 from tools.augment import paste_objects
-from data import dataset_image_size
+from data import boxes_to_image, dataset_image_size
 from tools.checks import image_header_size
 from conftest import CARD, encode_jpeg, make_dataset, make_row, synthetic_image, write_split
 
@@ -31,8 +31,10 @@ def test_boxes_are_xyxy_and_labels_zero_based(tmp_path):
     write_split(tmp_path, "train", [make_row(7, encode_jpeg(img), 64, [[10, 20, 5, 8]], [2])])
     (rec,) = data.read_split(tmp_path, "train", num_classes=2)
     assert rec.image_id == 7
-    np.testing.assert_allclose(rec.boxes, [[10, 20, 15, 28]])
-    assert rec.labels.tolist() == [1]
+    np.testing.assert_allclose(rec.boxes, [[10, 20, 15, 28]], err_msg=(
+        "COCO bbox [x, y, w, h] = [10, 20, 5, 8] must be read as xyxy [x, y, x + w, y + h] = [10, 20, 15, 28]"))
+    assert rec.labels.tolist() == [1], (f"category 2 of a 1-based RF100 dataset is model class 1, got "
+                                        f"{rec.labels.tolist()}: subtract FIRST_CATEGORY_ID")
 
 
 def test_dataset_item_matches_parquet_without_augmentation(tiny_dataset):
@@ -50,7 +52,9 @@ def test_letterbox_scales_boxes(tiny_dataset):
     ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, MEAN, STD))
     recs = data.read_split(tiny_dataset, "validation", 2)
     _, target = ds[3]
-    np.testing.assert_allclose(target["boxes"].numpy(), recs[3].boxes / 2, atol=1e-3)
+    np.testing.assert_allclose(target["boxes"].numpy(), recs[3].boxes / 2, atol=1e-3, err_msg=(
+        "a 128 px image letterboxed to 64 px: its boxes must be halved with it (the transform's boxes, not the "
+        "record's)"))
 
 
 def test_train_augmentations_keep_boxes_inside(tiny_dataset):
@@ -118,7 +122,7 @@ def test_collate_and_pad_targets():
     assert images.shape == (2, 3, 8, 8) and len(targets) == 2
     boxes, labels, mask = data.pad_targets(targets)
     assert boxes.shape == (2, 2, 4) and labels.tolist() == [[0, 1], [0, 0]]
-    assert mask.tolist() == [[True, True], [False, False]]
+    assert mask.tolist() == [[True, True], [False, False]], "gt_mask must be False on the padded slots"
 
 
 def test_default_image_size_is_the_datasets(tiny_dataset):
@@ -335,3 +339,41 @@ def test_dataset_copy_paste_adds_objects_repeatably(tiny_dataset):
     assert all(p >= q for p, q in zip(n_pasted, n_plain)) and sum(n_pasted) > sum(n_plain)
     assert all(n <= q + 2 for n, q in zip(n_pasted, n_plain))  # at most one object per donor
     torch.testing.assert_close(pasted[4][0], pasted[4][0])     # seeded by (seed, epoch, index)
+
+
+@pytest.mark.parametrize("height, width, size", [(64, 96, 64), (80, 48, 64), (90, 150, 128), (416, 416, 256),
+                                                 (37, 101, 160)])
+def test_boxes_to_image_undoes_albumentations_letterbox(height, width, size):
+    boxes = np.array([[3.0, 5.0, width - 10.0, height - 4.0], [10.5, 2.25, 20.75, 30.0]], np.float32)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    out = data.build_transforms(size, False, MEAN, STD)(image=np.zeros((height, width, 3), np.uint8), bboxes=boxes,
+                                                   labels=[0, 1])
+    assert out["image"].shape[-2:] == (size, size)
+    back = boxes_to_image(torch.as_tensor(np.asarray(out["bboxes"], np.float32)), (height, width), size)
+    torch.testing.assert_close(back, torch.as_tensor(boxes), atol=1e-3, rtol=0, msg=lambda m: (
+        f"letterbox ({height}x{width} image in a {size} px square) then boxes_to_image must give the image's own "
+        f"boxes back: the letterbox pads bottom/right (top-left position) and the way back multiplies by W/w, H/h\n{m}"))
+
+
+def test_boxes_to_image_clips_to_the_image():
+    # A box that reaches into the letterbox padding (the image fills 64 x 43 of the 64 px square).
+    back = boxes_to_image(torch.tensor([[-2.0, 40.0, 70.0, 60.0]]), (64, 96), 64)
+    torch.testing.assert_close(back, torch.tensor([[0.0, 40 * 64 / 43, 96.0, 64.0]]))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_image(tiny_dataset):
+    """Item i of epoch e is augmented from generators seeded by (seed, e, i): the same in every run, every
+    worker and after a resume, and different from one epoch to the next."""
+    def build():
+        return data.DetectionDataset(tiny_dataset, "train", data.build_transforms(128, True, MEAN, STD, "strong"),
+                                     seed=5, copy_paste=1)
+
+    first, again = build(), build()  # a second run (or a resumed one, or another worker)
+    for i in (0, 3, 7):
+        image, target = first[i]
+        image2, target2 = again[i]
+        assert torch.equal(image, image2) and torch.equal(target["boxes"], target2["boxes"]), (
+            f"item {i} came out differently in two runs: every random draw of the augmentation (mosaic donors, "
+            "copy-paste, albumentations) must come from generators seeded by (seed, epoch, index)")
+    again.set_epoch(1)
+    assert not torch.equal(first[0][0], again[0][0]), "epoch 1 augmented item 0 exactly as epoch 0 did"

@@ -11,7 +11,7 @@ import torch
 
 import evaluate
 from conftest import CARD, write_split
-from data import DetectionDataset, boxes_to_image, build_transforms
+from data import DetectionDataset, build_transforms
 from tools import coco_check
 from tools.outputs import read_images
 
@@ -114,24 +114,6 @@ def test_printed_map_agrees_with_pycocotools_when_a_box_is_off(frames, tmp_path,
     ours, theirs, _ = run_evaluate(frames, tmp_path, monkeypatch, shift=3.0, name="shifted")
     assert theirs < 0.99, "the shifted box should cost AP at the strict IoU thresholds"
     assert ours == pytest.approx(theirs, abs=0.005)
-
-
-@pytest.mark.parametrize("height, width, size", [(64, 96, 64), (80, 48, 64), (90, 150, 128), (416, 416, 256),
-                                                 (37, 101, 160)])
-def test_boxes_to_image_undoes_albumentations_letterbox(height, width, size):
-    boxes = np.array([[3.0, 5.0, width - 10.0, height - 4.0], [10.5, 2.25, 20.75, 30.0]], np.float32)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    out = build_transforms(size, False, MEAN, STD)(image=np.zeros((height, width, 3), np.uint8), bboxes=boxes,
-                                                   labels=[0, 1])
-    assert out["image"].shape[-2:] == (size, size)
-    back = boxes_to_image(torch.as_tensor(np.asarray(out["bboxes"], np.float32)), (height, width), size)
-    torch.testing.assert_close(back, torch.as_tensor(boxes), atol=1e-3, rtol=0)
-
-
-def test_boxes_to_image_clips_to_the_image():
-    # A box that reaches into the letterbox padding (the image fills 64 x 43 of the 64 px square).
-    back = boxes_to_image(torch.tensor([[-2.0, 40.0, 70.0, 60.0]]), (64, 96), 64)
-    torch.testing.assert_close(back, torch.tensor([[0.0, 40 * 64 / 43, 96.0, 64.0]]))
 
 
 class RedFinder(torch.nn.Module):
