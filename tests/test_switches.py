@@ -1,5 +1,5 @@
-"""The improvement switches end to end: the schedules (assigner warm-up, close mosaic, --time), mosaic,
-multi-scale, EMA, the head switches, other backbones."""
+"""The improvement switches end to end: the --time budget, mosaic, multi-scale, EMA, the head switches, other
+backbones (the schedules' own functions are tested in test_train.py)."""
 import argparse
 import csv
 import json
@@ -16,43 +16,6 @@ from conftest import make_dataset
 from detector import Detector
 from tools.augment import multi_scale
 from tools.plots import to_uint8_image
-from train import iters_that_fit
-
-
-# --------------------------------------------------------------------------- schedules
-def test_warmup_assigner_switch():
-    args = argparse.Namespace(assigner="tal", warmup_assigner_epochs=3, tal_topk=13, tal_alpha=1.0, tal_beta=6.0)
-    assert type(train.assigner_for_epoch(2, args)).__name__ == "SimpleAssigner"
-    assert type(train.assigner_for_epoch(3, args)).__name__ == "TaskAlignedAssigner"
-    args.assigner = "simple"
-    assert type(train.assigner_for_epoch(10, args)).__name__ == "SimpleAssigner"
-
-
-def test_close_mosaic():
-    args = argparse.Namespace(aug="strong", close_mosaic=2, copy_paste=3)
-    assert [train.aug_for_epoch(e, 10, args) for e in (0, 7, 8, 9)] == [("strong", 3), ("strong", 3),
-                                                                      ("basic", 0), ("basic", 0)]
-    args.aug = "basic"  # nothing to close without mosaic: copy-paste stays on to the end
-    assert train.aug_for_epoch(9, 10, args) == ("basic", 3)
-
-
-def test_close_mosaic_default_is_the_last_eighth():
-    args = argparse.Namespace(aug="strong", close_mosaic=None, copy_paste=0)
-    def first_basic(total):
-        return next(e for e in range(total) if train.aug_for_epoch(e, total, args)[0] == "basic")
-    assert first_basic(80) == 70    # 10 closing epochs, YOLOv8's value for a long run
-    assert first_basic(14) == 12    # a 20-minute run: 2, rounded up from 1.75
-    assert first_basic(16) == 14
-    assert first_basic(7) == 6      # a 10-minute run still ends on one realistic epoch
-
-
-def test_time_budget_replans_iterations():
-    # 10 s for 100 iterations = 0.1 s each: a 100 s budget holds 1000.
-    assert iters_that_fit(10.0, 100, budget_s=100, max_iters=8000) == 1000
-    assert iters_that_fit(40.0, 200, budget_s=100, max_iters=8000) == 500    # slower: fewer fit
-    assert iters_that_fit(70.0, 700, budget_s=50, max_iters=8000) == 700     # never fewer than done
-    assert iters_that_fit(1.0, 100, budget_s=1000, max_iters=8000) == 8000   # never more than --epochs
-    assert iters_that_fit(10.0, 100, budget_s=105, max_iters=8000) == 1050   # not rounded to epochs
 
 
 class TickingClock:

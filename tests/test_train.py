@@ -1,12 +1,18 @@
-"""End to end: train.py on synthetic rectangles learns to find them; --resume continues exactly."""
+"""train.py: the schedules (LR, assigner warm-up, close mosaic, --time), the optimizer's groups, the loaders, the
+step itself; end to end, that it learns synthetic rectangles and that --resume continues exactly."""
+import argparse
 import csv
+import itertools
 import json
 
 import pytest
 import torch
 
+import data
 import train
 from conftest import interrupt_then_resume, make_dataset
+from detector import Detector
+from losses import DetectionLoss
 from tools.device import Precision
 from tools.run import new_run_dir
 
@@ -67,6 +73,43 @@ def test_fp16_loss_scaler_state_resumes(tmp_path, monkeypatch):
         assert (a["loss"], a["loss_box"]) == (b["loss"], b["loss_box"])
 
 
+# --------------------------------------------------------------------------- schedules
+def test_warmup_assigner_switch():
+    args = argparse.Namespace(assigner="tal", warmup_assigner_epochs=3, tal_topk=13, tal_alpha=1.0, tal_beta=6.0)
+    assert [type(train.assigner_for_epoch(e, args)).__name__ for e in (2, 3)] == [
+        "SimpleAssigner", "TaskAlignedAssigner"], "--warmup-assigner-epochs 3: epochs 0, 1, 2 simple, TAL from epoch 3"
+    args.assigner = "simple"
+    assert type(train.assigner_for_epoch(10, args)).__name__ == "SimpleAssigner"
+
+
+def test_close_mosaic():
+    args = argparse.Namespace(aug="strong", close_mosaic=2, copy_paste=3)
+    assert [train.aug_for_epoch(e, 10, args) for e in (0, 7, 8, 9)] == [("strong", 3), ("strong", 3),
+                                                                      ("basic", 0), ("basic", 0)], \
+        "--close-mosaic 2 of 10 epochs: epochs 8 and 9 (0-based) train without mosaic and copy-paste"
+    args.aug = "basic"  # nothing to close without mosaic: copy-paste stays on to the end
+    assert train.aug_for_epoch(9, 10, args) == ("basic", 3)
+
+
+def test_close_mosaic_default_is_the_last_eighth():
+    args = argparse.Namespace(aug="strong", close_mosaic=None, copy_paste=0)
+    def first_basic(total):
+        return next(e for e in range(total) if train.aug_for_epoch(e, total, args)[0] == "basic")
+    assert first_basic(80) == 70    # 10 closing epochs, YOLOv8's value for a long run
+    assert first_basic(14) == 12    # a 20-minute run: 2, rounded up from 1.75
+    assert first_basic(16) == 14
+    assert first_basic(7) == 6      # a 10-minute run still ends on one realistic epoch
+
+
+def test_time_budget_replans_iterations():
+    # 10 s for 100 iterations = 0.1 s each: a 100 s budget holds 1000.
+    assert train.iters_that_fit(10.0, 100, budget_s=100, max_iters=8000) == 1000
+    assert train.iters_that_fit(40.0, 200, budget_s=100, max_iters=8000) == 500    # slower: fewer fit
+    assert train.iters_that_fit(70.0, 700, budget_s=50, max_iters=8000) == 700     # never fewer than done
+    assert train.iters_that_fit(1.0, 100, budget_s=1000, max_iters=8000) == 8000, "a --time plan never exceeds --epochs"
+    assert train.iters_that_fit(10.0, 100, budget_s=105, max_iters=8000) == 1050   # not rounded to epochs
+
+
 def test_new_run_dir_never_overwrites(tmp_path):
     first = new_run_dir(str(tmp_path), "exp")
     second = new_run_dir(str(tmp_path), "exp")
@@ -82,14 +125,60 @@ def test_backbone_steps_at_its_fraction_of_the_lr():
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert rates[id(p)] == pytest.approx(1e-4 if name.startswith("backbone.") else 1e-3), name
-            assert decays[id(p)] == (0.05 if p.ndim > 1 else 0.0), name
+            assert decays[id(p)] == (0.05 if p.ndim > 1 else 0.0), \
+                f"{name}: weight decay only on conv / linear weights, never on BN weights or biases"
     assert len(rates) == sum(p.requires_grad for p in model.parameters())  # every trainable weight, once
 
 
 def test_lr_warms_up_then_decays():
     lrs = [train.lr_at(it, total=100, warmup=10) for it in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.05, abs=1e-3)
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0), \
+        f"warm-up over 10 iterations must give factors 0.1, 0.2, ..., 1.0 ((it + 1) / warmup), got {lrs[:3]} ..."
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.05, abs=1e-3), \
+        f"the cosine must fall from 1 to final_ratio 0.05, not to 0 (last factor {lrs[-1]:.4f})"
     # Half-way through the cosine the factor is half-way between 1 and the floor: 0.05 + 0.95 / 2.
     assert train.lr_at(55, total=100, warmup=10) == pytest.approx(0.525)
     assert train.lr_at(100, total=100, warmup=10) == train.lr_at(500, total=100, warmup=10) == pytest.approx(0.05)
+
+
+def test_the_training_loader_shuffles_and_the_others_do_not(tiny_dataset):
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    args = train.parse_args(["--batch-size", "4"])
+    order = lambda loader: [t["image_id"] for _, targets in loader for t in targets]  # noqa: E731
+    shuffled = order(train.make_loader(ds, args, torch.device("cpu"), 0, shuffle_with=torch.Generator().manual_seed(0)))
+    plain = order(train.make_loader(ds, args, torch.device("cpu"), 0))
+    assert plain == sorted(plain), "validation and test loaders keep the split's order"
+    assert sorted(shuffled) == plain and shuffled != plain, "the training loader must shuffle the images every epoch"
+
+
+def test_each_step_uses_only_its_own_batchs_gradients(tiny_dataset):
+    """Two steps at LR 0 (the weights stay put): the gradient the optimizer sees at step 2 must be batch 2's
+    alone, as computed from scratch. Without zero_grad it would be the sum of both batches'."""
+    torch.manual_seed(0)
+    args = train.parse_args(["--batch-size", "4", "--img-size", "64"])
+    model = Detector(2, pretrained=False)
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    loader = torch.utils.data.DataLoader(ds, 4, collate_fn=data.collate)   # 4 batches; the plan stops after 2
+    batches = list(itertools.islice(loader, 2))
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(model.head.cls_preds[0].weight.grad.clone())
+            return super().step(closure)
+
+    optimizer = Recording([{"params": [p for p in model.parameters() if p.requires_grad], "initial_lr": 0.0}], lr=0.0)
+    assigner, criterion = train.assigner_for_epoch(0, args), DetectionLoss()
+    update = train.Update(optimizer, torch.amp.GradScaler("cpu", enabled=False), None)
+    train.train_one_epoch(model, loader, assigner, criterion, update, train.Plan(0, 2, 1, 4), args, None)
+    # Batch 2's gradient from scratch, clipped as the step clips it.
+    model.zero_grad()
+    images, gt_boxes, gt_labels, gt_mask = train.batch_to(torch.device("cpu"), *batches[1], 0.0)
+    out = model(images)
+    a = assigner(out.cls_logits.detach().sigmoid(), out.boxes.detach(), out.points, out.strides, gt_labels, gt_boxes,
+                 gt_mask)
+    criterion(out.cls_logits, out.boxes, a, out.box_logits, out.points, out.strides)["total"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[1], model.head.cls_preds[0].weight.grad, msg=lambda m: (
+        "the gradient of step 2 is not batch 2's own: zero the gradients before each backward\n" + m))
