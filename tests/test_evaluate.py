@@ -1,14 +1,60 @@
-"""evaluate.py's post-processing: NMS, Soft-NMS against its hard limit (= NMS), box voting, flip TTA and
-WBF, each on hand-built cases; and the localisation readings of tools/metrics.py and tools/diagnose.py."""
+"""evaluate.py: post-processing (NMS, Soft-NMS against its hard limit (= NMS), box voting, flip TTA and WBF) on
+hand-built cases; the outputs other tools read (COCO JSON scored by pycocotools against the dataset's own
+annotations, boxes drawn on the user's own non-square files, both in the image's own pixels); and the
+localisation readings of tools/metrics.py and tools/diagnose.py."""
+import json
 import math
 from collections import Counter
+from types import SimpleNamespace
 
+import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
 
-from evaluate import box_voting, detect, fuse_passes, postprocess, soft_nms
+import evaluate
+from conftest import CARD, write_split
+from data import DetectionDataset, build_transforms
+from evaluate import box_voting, detect, fuse_passes, postprocess, soft_nms, to_coco_json
+from tools import coco_check
+from tools.outputs import read_images
+
+
+def test_coco_json_is_xywh_with_the_datasets_category_ids():
+    """One detection of model class 0 at xyxy [10, 20, 40, 60] in image 1007: COCO's results format wants
+    bbox [x, y, w, h] = [10, 20, 30, 40] and the dataset's 1-based category id 1."""
+    det = {"image_id": 1007, "boxes": torch.tensor([[10.0, 20, 40, 60]]), "scores": torch.tensor([0.9]),
+           "labels": torch.tensor([0])}
+    (row,) = to_coco_json([det])
+    assert row["bbox"] == [10, 20, 30, 40], f"COCO bbox must be [x, y, w, h], got {row['bbox']} for xyxy [10, 20, 40, 60]"
+    assert row["category_id"] == 1, (f"model class 0 is the dataset's category 1 (RF100 categories are 1-based), "
+                                     f"got {row['category_id']}")
+    assert row["image_id"] == 1007 and row["score"] == pytest.approx(0.9)
+
+
+def test_nms_is_class_aware():
+    """Two boxes overlapping at IoU 0.8: of different classes both stay (a head and a body may overlap), of the
+    same class the weaker one goes. As torchvision's batched_nms."""
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 8]]])
+    for labels, kept in (((0, 1), 2), ((1, 1), 1)):
+        logits = torch.full((1, 2, 2), -20.0)
+        logits[0, 0, labels[0]], logits[0, 1, labels[1]] = 3.0, 2.0
+        det = postprocess(logits, boxes, iou_thresh=0.6)[0]
+        assert len(det["boxes"]) == kept, (
+            f"classes {labels}: {len(det['boxes'])} boxes kept, expected {kept}: NMS must only suppress boxes of "
+            "the same class (torchvision.ops.batched_nms)")
+
+
+def test_every_anchor_class_pair_above_the_threshold_is_a_candidate():
+    """One anchor scoring 0.9 for class 0 and 0.6 for class 1 gives two detections, one per class (COCO
+    practice: the second class can still be right, and it only adds recall below the first)."""
+    logits = torch.full((1, 3, 2), -20.0)
+    logits[0, 1] = torch.logit(torch.tensor([0.9, 0.6]))
+    det = postprocess(logits, torch.tensor([[[0.0, 0, 4, 4], [10, 10, 30, 30], [50, 50, 60, 60]]]))[0]
+    assert sorted(zip(det["labels"].tolist(), det["scores"].tolist())) == [(0, pytest.approx(0.9)), (1, pytest.approx(0.6))], \
+        "each (anchor, class) pair above score_thresh is a candidate, not only each anchor's best class"
 
 
 def test_soft_nms_gaussian_decay():
@@ -18,7 +64,8 @@ def test_soft_nms_gaussian_decay():
     iou = torchvision.ops.box_iou(boxes[:1], boxes[1:2])[0, 0]
     out = dict(zip(keep.tolist(), new.tolist()))
     assert out[0] == pytest.approx(0.9) and out[2] == pytest.approx(0.7)  # disjoint box untouched
-    assert out[1] == pytest.approx(0.8 * math.exp(-iou.item() ** 2 / 0.5))
+    assert out[1] == pytest.approx(0.8 * math.exp(-iou.item() ** 2 / 0.5)), \
+        "Gaussian Soft-NMS decays an overlapping score by exp(-IoU^2 / sigma) (Soft-NMS eq. 3)"
 
 
 def test_soft_nms_is_class_aware():
@@ -35,6 +82,22 @@ def test_soft_nms_hard_limit_equals_nms():
     keep, _ = soft_nms(boxes, scores, labels, iou_thresh=0.5, method="hard", score_thresh=0.0, max_det=1000)
     ref = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)
     assert keep.tolist() == ref.tolist()
+
+
+def test_tta_flips_boxes_back():
+    class Fixed(torch.nn.Module):
+        """Predicts the pixel span of the brightest column: a flip-equivariant "detector"."""
+        def forward(self, images):
+            col = images[0, 0].sum(0).argmax().float()
+            return torch.zeros(1, 1, 1), torch.stack([col, col * 0, col + 1, col * 0 + 4])[None, None], None
+
+    images = torch.zeros(1, 3, 8, 32)
+    images[..., 5] = 1.0
+    # The flipped pass sees the column at 26, predicts [26, 0, 27, 4] and maps it back to [5, 0, 6, 4]: the
+    # same box as the plain pass, so NMS leaves one (a box not flipped back would stand apart as a second).
+    det = detect(Fixed(), images, tta=True)[0]
+    torch.testing.assert_close(det["boxes"], torch.tensor([[5.0, 0, 6, 4]]), msg=lambda m: (
+        "a box of the flipped pass maps back as x1' = W - x2, x2' = W - x1 (corners swap sides)\n" + m))
 
 
 def test_wbf_fuses_two_passes_to_score_weighted_mean():
@@ -57,7 +120,8 @@ def test_box_voting_moves_corners_not_scores():
     scores, labels = torch.tensor([0.9, 0.3, 0.8, 0.7]), torch.tensor([0, 0, 1, 0])
     # Only same-class overlapping candidates vote: the class-1 twin and the far box do not.
     torch.testing.assert_close(box_voting(kept, kept_labels, boxes, scores, labels),
-                               ((0.9 * boxes[0] + 0.3 * boxes[1]) / 1.2)[None])
+                               ((0.9 * boxes[0] + 0.3 * boxes[1]) / 1.2)[None], msg=lambda m: (
+        "a kept box moves to the score-weighted mean of the same-class candidates overlapping it\n" + m))
 
 
 def test_wbf_keeps_a_strong_object_above_an_isolated_weak_pair():
@@ -129,21 +193,6 @@ def test_best_match_ious_hand_computed():
     torch.testing.assert_close(per_class[1], torch.tensor([0.0]))  # the class-1 box lies elsewhere
 
 
-def test_tta_flips_boxes_back():
-    class Fixed(torch.nn.Module):
-        """Predicts the pixel span of the brightest column: a flip-equivariant "detector"."""
-        def forward(self, images):
-            col = images[0, 0].sum(0).argmax().float()
-            return torch.zeros(1, 1, 1), torch.stack([col, col * 0, col + 1, col * 0 + 4])[None, None], None
-
-    images = torch.zeros(1, 3, 8, 32)
-    images[..., 5] = 1.0
-    # The flipped pass sees the column at 26, predicts [26, 0, 27, 4] and maps it back to [5, 0, 6, 4]: the
-    # same box as the plain pass, so NMS leaves one (a box not flipped back would stand apart as a second).
-    det = detect(Fixed(), images, tta=True)[0]
-    torch.testing.assert_close(det["boxes"], torch.tensor([[5.0, 0, 6, 4]]))
-
-
 def test_side_errors_hand_computed():
     from tools.diagnose import side_errors
     gt = torch.tensor([[10.0, 10, 30, 50], [100, 100, 110, 110]])
@@ -181,3 +230,133 @@ def test_level_counts_cover_every_gt(tiny_dataset):
     for key, n in counts.items():
         assert set(positives[key]) <= {8, 16, 32} and 0 < sum(positives[key].values()) <= 5 * n  # the given top-k
         assert sum(survivors[key].values()) <= n  # at most one matched survivor per GT
+
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Two non-square frame sizes (W, H); at 64 px both letterboxes round a side (42.67 -> 43, 38.4 -> 38).
+FRAMES = [(96, 64), (48, 80)]
+
+
+def grey_of(image: torch.Tensor) -> int:
+    """The background grey level of a normalised (3, S, S) network input, read at its top-left pixel
+    (the letterbox pads bottom/right, so that pixel is always the image's own)."""
+    return round(float(image[0, 0, 0] * STD[0] + MEAN[0]) * 255)
+
+
+def parquet_dataset(root, n_images: int = 6):
+    """Non-square PNG frames of two sizes, each with a unique background grey (so a model can tell which
+    image it sees), 1-3 boxes of categories 1/2, and image ids that are not 0..n-1."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_images):
+        w, h = FRAMES[i % 2]
+        img = np.full((h, w, 3), 40 + 30 * i, np.uint8)
+        boxes, cats = [], []
+        for _ in range(rng.integers(1, 4)):
+            bw, bh = rng.integers(8, w // 2), rng.integers(8, h // 2)
+            x, y = rng.integers(2, w - bw), rng.integers(2, h - bh)
+            boxes.append([float(x), float(y), float(bw), float(bh)])
+            cats.append(int(rng.integers(1, 3)))
+        png = cv2.imencode(".png", img)[1].tobytes()
+        rows.append({"image_id": 1000 + 7 * i, "image": {"bytes": png, "path": f"{i}.png"}, "width": w, "height": h,
+                     "objects": {"id": list(range(len(boxes))), "area": [b[2] * b[3] for b in boxes], "bbox": boxes,
+                                 "category": cats}})
+    for split in ("train", "validation", "test"):
+        write_split(root, split, rows)
+    (root / "README.md").write_text(CARD)
+    return root
+
+
+class Oracle(torch.nn.Module):
+    """A "detector" whose outputs are the ground truth as the network sees it: the evaluation dataset's
+    own letterboxed target boxes, looked up by the image's background grey. ``shift`` moves the first box
+    of the first image by that many network pixels in x."""
+
+    def __init__(self, dataset, num_classes: int = 2, shift: float = 0.0):
+        super().__init__()
+        self.backbone = SimpleNamespace(mean=MEAN, std=STD)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.num_classes, self.truth = num_classes, {}
+        for i in range(len(dataset)):
+            image, t = dataset[i]
+            boxes = t["boxes"].clone()                                        # (N, 4) xyxy, network frame
+            if i == 0:
+                boxes[0, 0::2] += shift
+            self.truth[grey_of(image)] = (boxes, t["labels"])
+
+    def forward(self, images):
+        anchors = 8  # more than any image has boxes; unused anchors score ~0
+        logits = torch.full((len(images), anchors, self.num_classes), -20.0)
+        boxes = torch.zeros(len(images), anchors, 4)
+        for b, image in enumerate(images):
+            gt_boxes, gt_labels = self.truth[grey_of(image)]
+            n = len(gt_labels)
+            logits[b, torch.arange(n), gt_labels] = 10.0
+            boxes[b, :n] = gt_boxes
+        return logits, boxes
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    return parquet_dataset(tmp_path_factory.mktemp("frames"))
+
+
+def run_evaluate(frames, tmp_path, monkeypatch, shift: float, name: str):
+    """evaluate.py's CLI on the test split at a non-native 64 px with the oracle as the checkpoint's model.
+    -> (printed/saved mAP, pycocotools' mAP on the --save-json output)."""
+    ds = DetectionDataset(frames, "test", build_transforms(64, False, MEAN, STD))
+    oracle = Oracle(ds, shift=shift)
+    monkeypatch.setattr(evaluate, "model_from_checkpoint", lambda *a, **k: oracle)
+    ckpt = tmp_path / "oracle.pt"
+    torch.save({"model_config": {}, "model": {}, "class_names": ["box-red", "box-blue"],
+                "train_args": {"img_size": 64}}, ckpt)
+    dets, metrics = tmp_path / f"{name}.json", tmp_path / f"{name}-metrics.json"
+    evaluate.main(["--checkpoint", str(ckpt), "--data", str(frames), "--save-json", str(dets),
+                   "--save-metrics", str(metrics), "--pr", str(tmp_path / "pr.png"),
+                   "--save-images", str(tmp_path / f"{name}-draw"), "--num", "2"])
+    return json.loads(metrics.read_text())["map"], coco_check.main([str(dets), "--data", str(frames)])[0], dets
+
+
+def test_save_json_is_scored_by_pycocotools_against_the_datasets_own_boxes(frames, tmp_path, monkeypatch):
+    ours, theirs, dets = run_evaluate(frames, tmp_path, monkeypatch, shift=0.0, name="exact")
+    assert ours == pytest.approx(1.0), (f"a perfect detector scored mAP {ours:.3f}: evaluate must map the boxes "
+                                        "back to each image's own pixels (data.boxes_to_image) before scoring")
+    rows = json.loads(dets.read_text())
+    parquet = pd.read_parquet(next((frames / "data").glob("test-*.parquet")))
+    assert {r["image_id"] for r in rows} == set(parquet["image_id"].tolist())          # the dataset's own ids
+    assert {r["category_id"] for r in rows} <= {1, 2}, \
+        "COCO results must carry the dataset's own 1-based category ids (model class + FIRST_CATEGORY_ID)"
+    assert theirs == pytest.approx(1.0), (f"pycocotools scored the --save-json of a perfect detector {theirs:.3f}: "
+                                          "COCO results boxes are [x, y, w, h] in the image's own pixels")
+    assert len(list((tmp_path / "exact-draw").glob("*.png"))) == 1
+
+
+def test_printed_map_agrees_with_pycocotools_when_a_box_is_off(frames, tmp_path, monkeypatch):
+    ours, theirs, _ = run_evaluate(frames, tmp_path, monkeypatch, shift=3.0, name="shifted")
+    assert theirs < 0.99, "the shifted box should cost AP at the strict IoU thresholds"
+    assert ours == pytest.approx(theirs, abs=0.005)
+
+
+class RedFinder(torch.nn.Module):
+    """Detects the red rectangle in the network input: the bounding box of its red pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = SimpleNamespace(mean=MEAN, std=STD)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        rgb = images[0] * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]   # (3, S, S)
+        ys, xs = torch.nonzero((rgb[0] > 0.6) & (rgb[1] < 0.35), as_tuple=True)
+        box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+        return torch.tensor([[[10.0]]]), box[None, None]
+
+
+def test_images_boxes_land_on_the_object_in_a_non_square_file(tmp_path):
+    bgr = np.full((90, 150, 3), 120, np.uint8)                  # H 90, W 150
+    bgr[30:70, 100:130] = (40, 40, 220)                         # red (BGR) rectangle: xyxy [100, 30, 130, 70]
+    cv2.imwrite(str(tmp_path / "shot.png"), bgr)
+    [(_, rgb)] = read_images([str(tmp_path)])
+    det = evaluate.detect_image(RedFinder(), rgb, img_size=128)
+    assert rgb.shape == (90, 150, 3)
+    torch.testing.assert_close(det["boxes"][0], torch.tensor([100.0, 30, 130, 70]), atol=1.5, rtol=0)

@@ -5,7 +5,6 @@ import a course module. Programs (``python -m tools.NAME``) use the course and a
 import ast
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 COURSE = {"backbone", "neck", "head", "assign", "losses", "data", "train", "evaluate", "detector"}

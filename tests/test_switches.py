@@ -1,6 +1,5 @@
 """The improvement switches end to end: the --time budget, mosaic, multi-scale, EMA, the head switches, other
 backbones (the schedules' own functions are tested in test_train.py)."""
-import argparse
 import csv
 import json
 import math
