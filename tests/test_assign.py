@@ -5,7 +5,8 @@ every step's expected outcome can be worked out on paper (the comments do it).""
 import pytest
 import torch
 
-from assign import SimpleAssigner, TaskAlignedAssigner, target_stats
+from assign import (SimpleAssigner, TaskAlignedAssigner, build_targets, candidates_inside, resolve_conflicts, select_topk,
+                    target_stats)
 from head import make_anchor_points
 from assign import Assignment
 
@@ -41,6 +42,44 @@ def inside(box):
 
 
 ASSIGNERS = [TaskAlignedAssigner(topk=5), SimpleAssigner(topk=5)]
+
+
+# --------------------------------------------------------------------------- the five steps, one at a time
+def test_step1_candidates_are_points_strictly_inside_a_real_gt():
+    points = torch.tensor([[5.0, 5.0], [10.0, 5.0], [15.0, 5.0], [30.0, 30.0]])
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [28.0, 28, 29, 29]]])     # GT 1: 1 px, no point inside
+    got = candidates_inside(points, boxes, torch.tensor([[True, True]]))
+    assert got[0, 0].tolist() == [True, False, False, False], "a point on the box edge (x = 10) is not inside"
+    assert got[0, 1].tolist() == [False, False, False, True], "a GT with no point inside gets its nearest point"
+    assert not candidates_inside(points, boxes, torch.tensor([[False, False]])).any(), "padded GTs have no candidate"
+
+
+def test_step3_topk_takes_the_largest_metric_among_candidates_only():
+    metric = torch.tensor([[[0.1, 0.5, 0.3, 0.9, 0.2, 0.0]]])
+    cand = torch.tensor([[[True, True, True, False, True, True]]])
+    assert select_topk(metric, cand, 2)[0, 0].nonzero().flatten().tolist() == [1, 2], \
+        "top-2 of the candidates' metric: anchors 1 (0.5) and 2 (0.3); anchor 3 (0.9) is not a candidate"
+    assert select_topk(metric[..., :2], cand[..., :2] & torch.tensor([True, False]), 2)[0, 0].tolist() == [True, False], \
+        "a GT with fewer candidates than k keeps only its candidates"
+
+
+def test_step4_conflicts_go_to_the_highest_iou_among_the_selecting_gts():
+    pos = torch.tensor([[[True, True, False], [True, False, True]]])       # anchor 0 picked by both GTs
+    overlaps = torch.tensor([[[0.3, 0.9, 0.1], [0.6, 0.95, 0.8]]])       # anchor 1: GT 1 did not pick it
+    got = resolve_conflicts(pos, overlaps)[0]
+    assert got[:, 0].tolist() == [False, True], "anchor 0 overlaps GT 1 more (0.6 > 0.3): GT 1 keeps it"
+    assert got[:, 1].tolist() == [True, False], "anchor 1 was picked by GT 0 only: it stays GT 0's"
+    assert got[:, 2].tolist() == [False, True]
+
+
+def test_step5_targets_carry_the_gts_label_box_and_soft_score():
+    pos = torch.tensor([[[False, True, False], [False, False, True]]])
+    quality = torch.tensor([[[0.0, 0.7, 0.0], [0.0, 0.0, 0.4]]])
+    a = build_targets(pos, quality, torch.tensor([[2, 0]]), torch.tensor([[[0.0, 0, 4, 4], [5.0, 5, 9, 9]]]), 3)
+    assert a.fg_mask[0].tolist() == [False, True, True] and a.gt_index[0, 1:].tolist() == [0, 1]
+    assert a.target_labels[0, 1:].tolist() == [2, 0] and a.target_boxes[0, 2].tolist() == [5.0, 5, 9, 9]
+    torch.testing.assert_close(a.target_scores[0], torch.tensor([[0, 0, 0], [0, 0, 0.7], [0.4, 0, 0]]), msg=lambda m: (
+        "the class target is one-hot on the GT's class, times the anchor's soft score; 0 for background\n" + m))
 
 
 @pytest.mark.parametrize("assigner", ASSIGNERS)
