@@ -23,7 +23,6 @@ Differences from the course notebook:
 from __future__ import annotations
 
 import glob
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.nn.utils.rnn import pad_sequence
 
-from tools.augment import paste_objects, yolov8_jitter
+from tools.augment import paste_objects, seed_augmentation, yolov8_jitter
 from tools.checks import Problem, check_boxes, check_image, check_objects, report
 from tools.sources import DataError, load_class_names
 
@@ -249,9 +248,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {"image": image, "bboxes": rec.boxes, "labels": rec.labels}
 
     def __getitem__(self, i):
-        rec, key = self.records[i], (self.seed, self.epoch, i)
-        rng = np.random.default_rng(key)
-        self.transform.set_random_state(rng, random.Random("-".join(map(str, key))))
+        rec = self.records[i]
+        rng = seed_augmentation(self.transform, (self.seed, self.epoch, i))  # every random draw below follows
         sample = self.load(i)
         if self.copy_paste:
             donors = [self.load(int(j)) for j in rng.integers(0, len(self), self.copy_paste)]

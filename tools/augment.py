@@ -11,6 +11,7 @@ Not part of the course's pipeline (``data.build_transforms``); ``train.py --copy
 from __future__ import annotations
 
 import math
+import random
 
 import albumentations as A
 import cv2
@@ -99,3 +100,12 @@ def yolov8_jitter(fill: int) -> list:
             A.Affine(scale=(0.5, 1.5), keep_ratio=True, translate_percent=(-0.1, 0.1),  # keep_ratio: x and y alike
                      border_mode=cv2.BORDER_CONSTANT, fill=fill, p=1.0),
             A.ColorJitter(brightness=0.4, contrast=0.0, saturation=0.7, hue=0.015, p=1.0)]
+
+
+def seed_augmentation(transform: A.Compose, key: tuple[int, int, int]) -> np.random.Generator:
+    """Seed ``transform``'s random draws from ``key`` = (seed, epoch, index) and return a numpy generator seeded
+    the same way for the draws around it (mosaic and copy-paste donors): an item's augmentation is then the same in
+    every run, every DataLoader worker and after a resume, and changes from epoch to epoch."""
+    rng = np.random.default_rng(key)
+    transform.set_random_state(rng, random.Random("-".join(map(str, key))))
+    return rng
