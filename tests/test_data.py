@@ -31,8 +31,8 @@ def test_boxes_are_xyxy_and_labels_zero_based(tmp_path):
     write_split(tmp_path, "train", [make_row(7, encode_jpeg(img), 64, [[10, 20, 5, 8]], [2])])
     (rec,) = data.read_split(tmp_path, "train", num_classes=2)
     assert rec.image_id == 7
-    np.testing.assert_allclose(rec.boxes, [[10, 20, 15, 28]], err_msg=(
-        "COCO bbox [x, y, w, h] = [10, 20, 5, 8] must be read as xyxy [x, y, x + w, y + h] = [10, 20, 15, 28]"))
+    assert np.allclose(rec.boxes, [[10, 20, 15, 28]]), (f"COCO bbox [x, y, w, h] = [10, 20, 5, 8] must be read as xyxy "
+                                                        f"[x, y, x + w, y + h] = [10, 20, 15, 28], got {rec.boxes.tolist()}")
     assert rec.labels.tolist() == [1], (f"category 2 of a 1-based RF100 dataset is model class 1, got "
                                         f"{rec.labels.tolist()}: subtract FIRST_CATEGORY_ID")
 
@@ -52,9 +52,9 @@ def test_letterbox_scales_boxes(tiny_dataset):
     ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, MEAN, STD))
     recs = data.read_split(tiny_dataset, "validation", 2)
     _, target = ds[3]
-    np.testing.assert_allclose(target["boxes"].numpy(), recs[3].boxes / 2, atol=1e-3, err_msg=(
-        "a 128 px image letterboxed to 64 px: its boxes must be halved with it (the transform's boxes, not the "
-        "record's)"))
+    assert np.allclose(target["boxes"].numpy(), recs[3].boxes / 2, atol=1e-3), (
+        "a 128 px image letterboxed to 64 px: its boxes must be halved with it (return the transform's boxes, not "
+        "the record's)")
 
 
 def test_train_augmentations_keep_boxes_inside(tiny_dataset):

@@ -63,7 +63,7 @@ def fuse_conv_bn(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Modul
     One memory pass less per conv (``tools.benchmark``'s "fused b1" column against "infer b1").
 
     Pairs are found in module registration order, which in the timm backbone and in neck/head
-    (``ConvBNAct``) is also the order of execution; tests/test_model.py checks the outputs are unchanged.
+    (``ConvBNAct``) is also the order of execution; tests/test_backbone.py checks the outputs are unchanged.
     timm's ``BatchNormAct2d`` also holds the activation (and dropout): those are kept.
     The copy can't be trained any more (no BN statistics); the original is left untouched.
 
