@@ -1,4 +1,5 @@
-"""Every picture function renders from tensors with a tiny model (Agg backend, no display)."""
+"""Every picture function renders from tensors with a tiny model (Agg backend, no display); the anchor and
+assignment figures draw exactly the points they claim."""
 import matplotlib
 import numpy as np
 import pytest
@@ -36,7 +37,11 @@ def rendered(fig):
 def test_anchor_points_figure(scene):
     _, _, _, _, _, gt, img = scene
     points, strides = make_anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
-    rendered(plot_anchor_points(img, points, strides, gt))
+    fig = plot_anchor_points(img, points, strides, gt)
+    drawn = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    assert sorted(map(tuple, drawn.tolist())) == sorted(map(tuple, points.tolist())), "every anchor point, once, where it is"
+    assert len(fig.axes[0].patches) == len(gt), "one rectangle per GT box"
+    rendered(fig)
 
 
 @pytest.mark.parametrize("zoom", [None, "all", 1])
@@ -45,7 +50,12 @@ def test_assignment_figure(scene, zoom):
     _, strides = make_anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
     a = TaskAlignedAssigner()(cls_logits.sigmoid(), boxes, points, strides, torch.tensor([[0, 1]]), gt[None],
                               torch.ones(1, 2, dtype=torch.bool))
-    rendered(plot_assignment(img, points, a, gt, "tal", zoom_to=zoom))
+    fig = plot_assignment(img, points, a, gt, "tal", zoom_to=zoom)
+    for m, positives in enumerate(fig.axes[0].collections[1:]):  # after the grey dots of every point
+        expected = points[a.fg_mask[0] & (a.gt_index[0] == m)]
+        assert sorted(map(tuple, positives.get_offsets().tolist())) == sorted(map(tuple, expected.tolist())), \
+            f"the dots drawn for GT {m} are not its positives"
+    rendered(fig)
 
 
 def test_score_maps_figure(scene):
