@@ -143,7 +143,7 @@ class TaskAlignedAssigner:
         pos = resolve_conflicts(pos, overlaps)                                    # 4.
         # TOOD's normalisation: t_hat = t / max_j(t_j) * max_j(u_j), max over the GT's positives, so the
         # best-aligned anchor of every GT targets that GT's best IoU (not 1, and not a tiny t).
-        # No "+ eps" in the division: early in training t ~ s * u^6 is ~1e-8, and an eps would distort it;
+        # No "+ eps" in the division: early in training t ~ s^alpha * u^6 is ~1e-8, and an eps would distort it;
         # clamping only guards the 0 / 0 of a GT whose positives all have t = 0 (target 0 then).
         align, overlaps = align * pos, overlaps * pos
         max_t = align.amax(-1, keepdim=True).clamp(min=torch.finfo(align.dtype).tiny)   # (B, M, 1)

@@ -52,22 +52,22 @@ def outputs(model, images: torch.Tensor):
     return cls_logits.float().sigmoid().cpu(), boxes.float().cpu(), points.cpu(), strides.cpu()
 
 
-def assignments(models: dict, image: torch.Tensor, target: dict):
+def assignments(models: dict, image: torch.Tensor, target: dict, tal: TaskAlignedAssigner):
     """-> ({figure name: Assignment} for the simple assigner and TAL with each model, anchor points (A, 2))."""
     gt_boxes, gt_labels, gt_mask = pad_targets([target])
     untrained, trained = outputs(models["untrained"], image[None]), outputs(models["trained"], image[None])
     out = {"assign_simple": SimpleAssigner()(*untrained, gt_labels, gt_boxes, gt_mask),
-           "assign_tal_epoch0": TaskAlignedAssigner()(*untrained, gt_labels, gt_boxes, gt_mask),
-           "assign_tal_trained": TaskAlignedAssigner()(*trained, gt_labels, gt_boxes, gt_mask)}
+           "assign_tal_epoch0": tal(*untrained, gt_labels, gt_boxes, gt_mask),
+           "assign_tal_trained": tal(*trained, gt_labels, gt_boxes, gt_mask)}
     return out, trained[2]
 
 
-def assignment_table(models: dict, dataset, batch_size: int = 16) -> str:
+def assignment_table(models: dict, dataset, tal: TaskAlignedAssigner, batch_size: int = 16) -> str:
     """What each assigner teaches per GT over a whole split (``assign.target_stats``): the simple
     assigner and TAL with the untrained head (epoch 0), and TAL with the trained model."""
     setups = {"simple, untrained head": (SimpleAssigner(), "untrained"),
-              "TAL, untrained head": (TaskAlignedAssigner(), "untrained"),
-              "TAL, trained model": (TaskAlignedAssigner(), "trained")}
+              "TAL, untrained head": (tal, "untrained"),
+              "TAL, trained model": (tal, "trained")}
     totals = {name: Counter() for name in setups}
     loader = torch.utils.data.DataLoader(dataset, batch_size, collate_fn=collate)
     for images, targets in tqdm(loader, desc="assignment statistics", leave=False):
@@ -110,6 +110,8 @@ def main(argv=None):
     # The same architecture with ImageNet backbone weights and a fresh head: the model at epoch 0.
     untrained = build_detector(ckpt["model_config"], pretrained=True).to(device, memory_format=torch.channels_last)
     models = {"trained": trained, "untrained": untrained}
+    ta = ckpt["train_args"]  # TAL as the checkpoint's run trained with it
+    tal = TaskAlignedAssigner(topk=ta["tal_topk"], alpha=ta["tal_alpha"], beta=ta["tal_beta"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -128,13 +130,13 @@ def main(argv=None):
     feats_shapes = [(size // s, size // s) for s in trained.strides]
     points, strides = make_anchor_points(feats_shapes, trained.strides)
     save_png(plot_anchor_points(picture, points, strides, target["boxes"]), "anchors")
-    result, points = assignments(models, image, target)
+    result, points = assignments(models, image, target, tal)
     titles = {"assign_simple": "simple assigner (prior-box IoU, top-9): prediction-free",
-              "assign_tal_epoch0": "TAL, untrained head: t = s * IoU^6 from random boxes",
+              "assign_tal_epoch0": f"TAL, untrained head: t = s^{tal.alpha:g} * IoU^{tal.beta:g} from random boxes",
               "assign_tal_trained": "TAL, trained model: positives where score and box are both good"}
     for name, a in result.items():
         save_png(plot_assignment(picture, points, a, target["boxes"], titles[name], zoom_to="all"), name)
-    print(f"\nlabel assignment on the validation split ({len(val)} images):\n{assignment_table(models, val)}\n")
+    print(f"\nlabel assignment on the validation split ({len(val)} images):\n{assignment_table(models, val, tal)}\n")
 
     # The smallest GT with no anchor point strictly inside it: without the nearest-point fallback in
     # candidates_inside it could never become anyone's target. (No such GT: the smallest GT of all.)
@@ -145,7 +147,7 @@ def main(argv=None):
             smallest.append((inside, float((box[2:] - box[:2]).min()), i, m))
     inside, _, i, m = min(smallest)  # False sorts first: GTs without a point inside win
     image, target = val[i]
-    result, points = assignments(models, image, target)
+    result, points = assignments(models, image, target, tal)
     w, h = (target["boxes"][m, 2:] - target["boxes"][m, :2]).tolist()
     note = "has anchor points inside" if inside else "no anchor point inside; it still gets its nearest point"
     save_png(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"], target["boxes"],
