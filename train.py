@@ -49,7 +49,7 @@ from tools.augment import multi_scale
 from tools.checkpoint import CheckpointError, restore, resume_args, save_atomic, training_state
 from tools.checks import round_to_stride
 from tools.device import DeviceError, autocast, choose_precision, default_workers, describe, resolve_device
-from tools.metrics import format_results, metrics_summary
+from tools.metrics import format_results, metrics_summary, per_class_ap
 from tools.plots import plot_history, plot_pr_curves, save
 from tools.run import NonFiniteGuard, NonFiniteLoss, new_run_dir, write_csv
 from tools.sources import load_class_names, resolve_data_root
@@ -198,11 +198,21 @@ def make_loader(ds: DetectionDataset, args, device, workers: int, shuffle_with=N
                                        num_workers=workers, pin_memory=device.type == "cuda", generator=shuffle_with)
 
 
-def validate(model, loader, dtype) -> dict:
-    """Validation mAP of ``model``: the row's three columns."""
+def validate(model, loader, dtype, class_names: list[str]) -> dict:
+    """Validation mAP of ``model``, and AP@[.5:.95] per class (``val_ap_NAME``; -1 for a class with no box in
+    the split): the row's columns."""
     res, _ = evaluate(model, loader, desc="val", dtype=dtype)
+    per_class = {f"val_ap_{name}": round(ap, 5) for name, ap in per_class_ap(res, class_names).items()}
     return {"val_map": round(float(res["map"]), 5), "val_map50": round(float(res["map_50"]), 5),
-            "val_map75": round(float(res["map_75"]), 5)}
+            "val_map75": round(float(res["map_75"]), 5), **per_class}
+
+
+def classes_not_learning(row: dict, after_epochs: int = 3) -> list[str]:
+    """The classes whose validation AP is still exactly 0 at the end of epoch ``after_epochs`` or later: nothing
+    of theirs is found yet. A rare or small class can stall for epochs while the others learn (RESULTS.md)."""
+    if row["epoch"] < after_epochs:
+        return []
+    return [key[len("val_ap_"):] for key, ap in row.items() if key.startswith("val_ap_") and ap == 0]
 
 
 def test_best(model, run_dir: Path, rows: list[dict], test_loader, dtype, batch_size: int, per_epoch: int) -> dict:
@@ -298,16 +308,20 @@ def main(argv=None):
             plan.total = iters_that_fit(seconds, plan.done, args.time * 60, args.epochs * per_epoch)
         row = {"epoch": epoch + 1, "lr": args.lr * lr_at(plan.done, plan.total, plan.warmup),
                "assigner": type(assigner).__name__, **{k: round(v, 5) for k, v in stats.items()},
-               "train_s": round(train_s, 1), "val_map": "", "val_map50": "", "val_map75": ""}
+               "train_s": round(train_s, 1), "val_map": "", "val_map50": "", "val_map75": "",
+               **{f"val_ap_{name}": "" for name in class_names}}
         is_best = False
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == plan.epochs:
             eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
-            row.update(validate(eval_model, val_loader, precision.infer))
+            row.update(validate(eval_model, val_loader, precision.infer, class_names))
             is_best = row["val_map"] > best_map
             best_map = max(best_map, row["val_map"])
         rows.append(row)
         print(f"epoch {epoch + 1}/{plan.epochs}  loss {row['loss']:.4f} (cls {row['loss_cls']:.4f} box "
               f"{row['loss_box']:.4f})  {train_s:.0f}s  val mAP {row['val_map']}  mAP50 {row['val_map50']}")
+        if stalled := classes_not_learning(row):
+            print(f"  not learning yet: validation AP 0 for {', '.join(stalled)} after {epoch + 1} epochs "
+                  f"(ap_per_class.png shows each class per epoch)")
         state = training_state(model, ema, optimizer, scaler, gen, epoch, plan.done, plan.total, best_map, rows,
                                run_dir, class_names, args, describe(device, precision))
         save_atomic(state, run_dir / "last.pt")

@@ -182,3 +182,10 @@ def test_each_step_uses_only_its_own_batchs_gradients(tiny_dataset):
     assert len(seen) == 2
     torch.testing.assert_close(seen[1], model.head.cls_preds[0].weight.grad, msg=lambda m: (
         "the gradient of step 2 is not batch 2's own: zero the gradients before each backward\n" + m))
+
+
+def test_a_class_still_at_ap_0_is_named_after_the_first_epochs():
+    row = {"epoch": 3, "val_map": 0.2, "val_ap_enemyBody": 0.31, "val_ap_enemyHead": 0.0, "val_ap_rare": -1.0}
+    assert train.classes_not_learning(row) == ["enemyHead"], "AP exactly 0 after 3 epochs: named (-1: no box)"
+    assert train.classes_not_learning({**row, "epoch": 2}) == [], "the first epochs are not judged"
+    assert train.classes_not_learning({**row, "val_ap_enemyHead": 0.01}) == []

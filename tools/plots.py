@@ -138,7 +138,8 @@ def plot_assignment(image, anchor_points: torch.Tensor, a, gt_boxes: torch.Tenso
 
 
 def plot_history(rows: list[dict], run_dir: Path) -> None:
-    """loss.png and map.png of a run from its metrics.csv rows: training losses and validation mAP per epoch."""
+    """loss.png, map.png and ap_per_class.png of a run from its metrics.csv rows: training losses, validation mAP
+    and validation AP of each class, per epoch."""
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("loss", "loss_cls", "loss_box", "loss_dfl"):
@@ -156,6 +157,15 @@ def plot_history(rows: list[dict], run_dir: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save(fig, run_dir / "map.png")
+    classes = [key for key in rows[0] if key.startswith("val_ap_")]
+    if classes:  # a class that stays at 0 while the others climb is not being learned
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in classes:
+            ax.plot([r["epoch"] for r in val], [r[key] for r in val], marker="o", label=key[len("val_ap_"):])
+        ax.set(xlabel="epoch", ylabel="validation AP@[.5:.95]", title="validation AP per class")
+        ax.legend()
+        fig.tight_layout()
+        save(fig, run_dir / "ap_per_class.png")
 
 
 def plot_pr_curves(res: dict, class_names: list[str], iou_index: int = 0):

@@ -22,10 +22,11 @@ def new_run_dir(out: str, name: str, exist_ok: bool = False) -> Path:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    """Rows as CSV, written to a temp file then renamed: a kill never leaves half a file."""
+    """Rows as CSV, written to a temp file then renamed: a kill never leaves half a file. The columns are every
+    key of any row (a run resumed from an older version may have gained some)."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
