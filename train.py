@@ -128,10 +128,12 @@ def aug_for_epoch(epoch: int, total_epochs: int, args) -> tuple[str, int]:
 def batch_to(device, images, targets, scale_frac: float):
     """A loader batch on ``device``: images (B, 3, S, S) in channels_last (NHWC, the layout oneDNN's and
     cuDNN's fast conv kernels want) and the padded GT (B, M, ...); with ``--multi-scale`` resized to a
-    random side (tools/augment.py). ``non_blocking``: from the loader's pinned memory, the copy to a GPU
-    overlaps the work still running there."""
-    images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
-    gt_boxes, gt_labels, gt_mask = (t.to(device, non_blocking=True) for t in pad_targets(targets))
+    random side (tools/augment.py). ``non_blocking`` only on CUDA, whose loader pins its memory: the copy then
+    overlaps the work still running there. From unpinned memory (MPS) an asynchronous copy may read a
+    tensor already freed."""
+    pinned = device.type == "cuda"
+    images = images.to(device, memory_format=torch.channels_last, non_blocking=pinned)
+    gt_boxes, gt_labels, gt_mask = (t.to(device, non_blocking=pinned) for t in pad_targets(targets))
     images, gt_boxes = multi_scale(images, gt_boxes, scale_frac)
     return images, gt_boxes, gt_labels, gt_mask
 
@@ -142,7 +144,8 @@ def train_one_epoch(model, loader, assigner, criterion, update: Update, plan: Pl
     model.train()
     optimizer, scaler, ema = update
     device = next(model.parameters()).device
-    guard, sums, finite = NonFiniteGuard(args.max_bad_steps), {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}, 0
+    guard, sums = NonFiniteGuard(args.max_bad_steps), {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}
+    finite = overflows = 0  # steps with a finite loss; of those, steps the fp16 scaler skipped
     batches = min(len(loader), plan.total - plan.done)  # islice stops the loader there without fetching one more
     epoch = plan.done // plan.per_epoch
     bar = tqdm(itertools.islice(loader, batches), desc=f"epoch {epoch + 1}", total=batches, leave=False)
@@ -165,19 +168,24 @@ def train_one_epoch(model, loader, assigner, criterion, update: Update, plan: Pl
         scaler.scale(losses["total"]).backward()    # fp16 only: the loss scaled up so small gradients survive
         scaler.unscale_(optimizer)                  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-        scaler.step(optimizer)                      # AdamW (skipped by the scaler if a fp16 gradient overflowed)
-        scaler.update()
-        if ema is not None:
+        scale = scaler.get_scale()                  # fp16: the loss scale (1.0 when the scaler is off)
+        scaler.step(optimizer)                      # AdamW, unless a fp16 gradient overflowed
+        scaler.update()                             # an overflow halves the scale: the step was skipped
+        stepped = scaler.get_scale() >= scale
+        if ema is not None and stepped:             # a skipped step changed no weight: nothing to average
             ema.update(model, step=plan.done)
         # ---------------- end of the step; the rest is bookkeeping
-        finite += 1
+        finite, overflows = finite + 1, overflows + (not stepped)
         for name, value in losses.items():  # total, cls, box (and dfl with --box-bins)
             key = "loss" if name == "total" else f"loss_{name}"
             sums[key] = sums.get(key, 0.0) + value.item()
         bar.set_postfix(loss=f"{sums['loss'] / finite:.3f}", cls=f"{sums['loss_cls'] / finite:.3f}",
                         box=f"{sums['loss_box'] / finite:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}",
-                        img_s=f"{finite * loader.batch_size / (time.time() - t0):.1f}", refresh=False)
-    return {k: v / max(finite, 1) for k, v in sums.items()} | {"skipped": guard.skipped, "steps": finite + guard.skipped}
+                        img_s=f"{finite * loader.batch_size / (time.time() - t0):.1f}", refresh=False,
+                        **({"scale": f"{scaler.get_scale():.0f}"} if scaler.is_enabled() else {}))
+    # skipped: steps without an update, for a non-finite loss or (fp16) an overflowing gradient
+    return {k: v / max(finite, 1) for k, v in sums.items()} | {"skipped": guard.skipped + overflows,
+                                                               "steps": finite + guard.skipped}
 
 
 # --------------------------------------------------------------------------- the run around the loop
@@ -215,6 +223,26 @@ def classes_not_learning(row: dict, after_epochs: int = 3) -> list[str]:
     return [key[len("val_ap_"):] for key, ap in row.items() if key.startswith("val_ap_") and ap == 0]
 
 
+MACHINE_FLAGS = ("device", "workers", "amp")  # what --resume takes from the command line, not the checkpoint
+
+
+def resume_on_this_machine(given: argparse.Namespace) -> tuple[argparse.Namespace, dict, str]:
+    """``--resume``: the settings the run started with, from its last.pt, except ``MACHINE_FLAGS`` given on this
+    command line (a Colab GPU run continued at home: ``--resume last.pt --device cpu``). -> (settings,
+    checkpoint, what changed or was ignored, for the run's first line)."""
+    defaults = parse_args([])
+    args, ckpt = resume_args(given.resume, defaults)
+    said = {k for k, v in vars(given).items() if v != getattr(defaults, k) and k != "resume"}
+    changed = [f"--{k} {getattr(given, k)} (was {getattr(args, k)})" for k in MACHINE_FLAGS
+               if k in said and getattr(given, k) != getattr(args, k)]
+    for k in MACHINE_FLAGS:
+        if k in said:
+            setattr(args, k, getattr(given, k))
+    ignored = sorted(f"--{k.replace('_', '-')}" for k in said - set(MACHINE_FLAGS))
+    return args, ckpt, (f"; resumed with {', '.join(changed)}" if changed else "") + (
+        f"; ignored {', '.join(ignored)} (a resumed run keeps its recipe)" if ignored else "")
+
+
 def test_best(model, run_dir: Path, rows: list[dict], test_loader, dtype, batch_size: int, per_epoch: int) -> dict:
     """Evaluate best.pt (selected on validation) on the test split; print the numbers, write pr.png and
     test_results.json. BN folded, in inference precision, as evaluate.py loads a checkpoint: the test numbers
@@ -236,15 +264,15 @@ def test_best(model, run_dir: Path, rows: list[dict], test_loader, dtype, batch_
 
 # --------------------------------------------------------------------------- main
 def main(argv=None):
-    args, ckpt = parse_args(argv), None
+    args, ckpt, changes = parse_args(argv), None, ""
     try:
-        if args.resume:
-            args, ckpt = resume_args(args.resume, parse_args([]))  # exactly the settings it started with
+        if args.resume:  # exactly the settings it started with, but for the machine it now runs on
+            args, ckpt, changes = resume_on_this_machine(args)
         device = resolve_device(args.device)
     except (CheckpointError, DeviceError) as e:
         sys.exit(f"error: {e}")
     precision = choose_precision(device, args.amp, "train")
-    print(describe(device, precision))
+    print(describe(device, precision) + changes)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

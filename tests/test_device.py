@@ -12,8 +12,10 @@ BF16, FP16 = torch.bfloat16, torch.float16
 @pytest.fixture
 def cuda(monkeypatch):
     """Pretend a CUDA GPU of the given compute capability is there (or none: ``None``)."""
-    def install(capability):
+    def install(capability, count=1):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count if capability is not None else 0)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {capability}")
     return install
@@ -60,10 +62,25 @@ def test_asked_for_device_that_is_not_there(cuda, monkeypatch):
     cuda(None)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert dev.resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(dev.DeviceError, match="no CUDA GPU"):
-        dev.resolve_device("cuda:1")
-    with pytest.raises(dev.DeviceError, match="no Apple GPU"):
-        dev.resolve_device("mps")
+    for name in ("cuda:1", "cuda", "0", "gpu", "mps"):
+        with pytest.raises(dev.DeviceError, match="this machine has only: cpu"):
+            dev.resolve_device(name)
+    with pytest.raises(dev.DeviceError, match="not a device name; this machine has: cpu"):
+        dev.resolve_device("tpu")
+
+
+def test_device_strings_students_type(cuda, monkeypatch):
+    """``0`` and ``gpu`` mean the first CUDA GPU, ``1`` the second; a GPU the machine lacks is named with what
+    it has; ``mps:0`` is MPS; the chosen GPU becomes the current device (so synchronise times it)."""
+    cuda((7, 5), count=2)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert [str(dev.resolve_device(n)) for n in ("0", "1", "gpu", "cuda", "CUDA:1", "mps:0")] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:0", "cuda:1", "mps"]
+    assert [str(d) for d in current] == ["cuda:0", "cuda:1", "cuda:0", "cuda:0", "cuda:1"]
+    with pytest.raises(dev.DeviceError, match="cpu, cuda:0, cuda:1, mps"):
+        dev.resolve_device("cuda:2")
 
 
 def test_train_defaults_to_auto_and_says_so_in_help(capsys):
@@ -88,3 +105,26 @@ def test_train_prints_the_device_first(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit, match="stop"):
         train.main(["--device", "cpu"])
     assert capsys.readouterr().out.splitlines()[0].startswith("[device] cpu: training ")
+
+
+def test_loader_workers_only_where_they_are_cheap(monkeypatch):
+    monkeypatch.setattr(dev.multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    assert dev.default_workers(torch.device("cpu")) == 0 and dev.default_workers(torch.device("mps")) == 0
+    assert dev.default_workers(torch.device("cuda:0")) >= 1
+    monkeypatch.setattr(dev.multiprocessing, "get_start_method", lambda allow_none=False: "spawn")  # macOS, Windows
+    assert dev.default_workers(torch.device("cuda:0")) == 0, "spawned workers re-copy the image cache every epoch"
+
+
+def test_batches_copy_asynchronously_only_from_pinned_memory(monkeypatch):
+    """non_blocking=True from unpinned memory (MPS, CPU) may copy a tensor after it was freed: only CUDA's pinned
+    loader memory may be copied asynchronously."""
+    seen, real = [], torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("non_blocking", False))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    targets = [{"boxes": torch.tensor([[0.0, 0, 4, 4]]), "labels": torch.tensor([1])}]
+    train.batch_to(torch.device("cpu"), torch.zeros(1, 3, 8, 8), targets, 0.0)
+    assert seen and not any(seen), "a batch for a device without pinned memory was copied with non_blocking=True"

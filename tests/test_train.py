@@ -189,3 +189,43 @@ def test_a_class_still_at_ap_0_is_named_after_the_first_epochs():
     assert train.classes_not_learning(row) == ["enemyHead"], "AP exactly 0 after 3 epochs: named (-1: no box)"
     assert train.classes_not_learning({**row, "epoch": 2}) == [], "the first epochs are not judged"
     assert train.classes_not_learning({**row, "val_ap_enemyHead": 0.01}) == []
+
+
+@pytest.mark.slow
+def test_a_gpu_run_resumes_on_the_cpu(tmp_path, capsys):
+    """A last.pt saved by a run on a CUDA GPU (its settings say --device cuda:0) continues on a machine without
+    one when --device cpu is given with --resume; the first line says what changed and what was ignored."""
+    root = make_dataset(tmp_path / "data", sizes={"train": 8, "validation": 4, "test": 4}, image_size=64)
+    train.main(run_args(root, tmp_path, "--epochs", "2", "--batch-size", "4", "--img-size", "64", "--name", "gpu"))
+    last = tmp_path / "gpu" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    ckpt["train_args"] |= {"device": "cuda:0", "workers": 4}   # as the GPU run saved it
+    ckpt["epoch"], ckpt["step"], ckpt["history"] = 0, 2, ckpt["history"][:1]  # stopped after epoch 1
+    torch.save(ckpt, last)
+    capsys.readouterr()
+    train.main(["--resume", str(last), "--device", "cpu", "--workers", "0", "--lr", "0.1"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("[device] cpu: training "), first
+    assert "resumed with --device cpu (was cuda:0), --workers 0 (was 4)" in first and "ignored --lr" in first, first
+    rows = list(csv.DictReader(open(tmp_path / "gpu" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_steps_the_fp16_scaler_skips_are_counted_and_leave_the_ema_alone(tiny_dataset):
+    """A loss scale of 2^127 makes every fp16 gradient overflow: the scaler skips both steps (and halves its
+    scale each time). They must be counted as skipped, and the EMA must not average a step that did not happen."""
+    torch.manual_seed(0)
+    args = train.parse_args(["--batch-size", "4", "--img-size", "64"])
+    model = Detector(2, pretrained=False)
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    loader = torch.utils.data.DataLoader(ds, 4, collate_fn=data.collate)
+    ema = train.ModelEmaV3(model, decay=0.5)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    update = train.Update(train.make_optimizer(model, 1e-3, 0.05), scaler, ema)
+    stats = train.train_one_epoch(model, loader, train.assigner_for_epoch(0, args), DetectionLoss(), update,
+                                  train.Plan(0, 2, 1, 4), args, torch.float16)
+    assert scaler.get_scale() == 2.0 ** 125, "both steps overflowed"
+    assert stats["skipped"] == 2 and stats["steps"] == 2, f"skipped steps not counted: {stats}"
+    for k, v in ema.module.state_dict().items():
+        assert torch.equal(v, before[k]), f"the EMA moved on a skipped step ({k})"
