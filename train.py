@@ -48,7 +48,8 @@ from neck import NECKS
 from tools.augment import multi_scale
 from tools.checkpoint import CheckpointError, restore, resume_args, save_atomic, training_state
 from tools.checks import round_to_stride
-from tools.device import DeviceError, autocast, choose_precision, default_workers, describe, resolve_device
+from tools.device import (DeviceError, Precision, autocast, autocast_problem, choose_precision, default_workers,
+                          describe, resolve_device)
 from tools.metrics import format_results, metrics_summary, per_class_ap
 from tools.plots import plot_history, plot_pr_curves, save
 from tools.run import NonFiniteGuard, NonFiniteLoss, new_run_dir, write_csv
@@ -297,6 +298,12 @@ def main(argv=None):
           f"images; {args.img_size} px; backbone {args.backbone}: {model.backbone.weights_source}")
     gen = torch.Generator().manual_seed(args.seed)
     workers = default_workers(device) if args.workers is None else args.workers
+    if device.type == "cuda" and precision.train is not None:  # one batch in fp32 and in half: fall back if broken
+        images, _ = val_ds[0]
+        if problem := autocast_problem(model, images[None].to(device, memory_format=torch.channels_last),
+                                       precision.train):
+            precision = Precision(None, None, f"{problem}: fp32 instead")
+            print(describe(device, precision))
     train_loader = make_loader(train_ds, args, device, workers, shuffle_with=gen)
     val_loader = make_loader(val_ds, args, device, workers)
     test_loader = make_loader(test_ds, args, device, workers)

@@ -1,4 +1,6 @@
 """The device and precision policy (tools/device.py), one row per kind of machine students train on."""
+import re
+
 import pytest
 import torch
 
@@ -24,8 +26,8 @@ def cuda(monkeypatch):
 @pytest.mark.parametrize("capability, cpu_bf16, device, train_dtype, infer_dtype, scaler", [
     ((6, 0), False, "cuda:0", FP16, FP16, True),   # P100
     ((7, 5), False, "cuda:0", FP16, FP16, True),   # T4: fp16 + GradScaler, what the card is built for
-    ((8, 0), False, "cuda:0", BF16, BF16, False),  # A100: native bf16, no scaler
-    ((9, 0), False, "cuda:0", BF16, BF16, False),  # H100 / H200
+    ((8, 0), False, "cuda:0", BF16, FP16, False),  # A100: native bf16 training, no scaler; fp16 inference
+    ((9, 0), False, "cuda:0", BF16, FP16, False),  # H100 / H200
     (None, True, "cpu", BF16, None, False),        # CPU with AVX512-BF16 / AMX: bf16 training, fp32 inference
     (None, False, "cpu", None, None, False),       # any other CPU: fp32
 ])
@@ -128,3 +130,26 @@ def test_batches_copy_asynchronously_only_from_pinned_memory(monkeypatch):
     targets = [{"boxes": torch.tensor([[0.0, 0, 4, 4]]), "labels": torch.tensor([1])}]
     train.batch_to(torch.device("cpu"), torch.zeros(1, 3, 8, 8), targets, 0.0)
     assert seen and not any(seen), "a batch for a device without pinned memory was copied with non_blocking=True"
+
+
+
+def test_a_half_precision_that_breaks_the_outputs_is_refused():
+    """One batch in fp32 and under autocast: finite and close -> None; NaN or far boxes -> the reason."""
+    from detector import DetectorOutput
+
+    class Model(torch.nn.Module):
+        def __init__(self, broken):
+            super().__init__()
+            self.conv, self.broken = torch.nn.Conv2d(3, 4, 1), broken
+
+        def forward(self, x):
+            y = self.conv(x).flatten(1)[:, :8].reshape(len(x), 2, 4)
+            if self.broken and torch.is_autocast_cpu_enabled():
+                y = y * float("nan") if self.broken == "nan" else y + 50
+            return DetectorOutput(y, y * 10, None, None, None)
+
+    x = torch.rand(2, 3, 4, 4)
+    assert dev.autocast_problem(Model(None), x, BF16) is None
+    assert dev.autocast_problem(Model("nan"), x, FP16) == "a fp16 forward pass gave non-finite outputs on this device"
+    assert re.fullmatch(r"a bf16 forward pass moved the boxes by (499|500|501) px on average against fp32",
+                        dev.autocast_problem(Model("far"), x, BF16))

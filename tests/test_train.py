@@ -229,3 +229,23 @@ def test_steps_the_fp16_scaler_skips_are_counted_and_leave_the_ema_alone(tiny_da
     assert stats["skipped"] == 2 and stats["steps"] == 2, f"skipped steps not counted: {stats}"
     for k, v in ema.module.state_dict().items():
         assert torch.equal(v, before[k]), f"the EMA moved on a skipped step ({k})"
+
+
+def test_the_gradient_clip_sees_the_true_gradients_under_fp16(tiny_dataset, monkeypatch):
+    """With the fp16 loss scaler on, the clip must see the unscaled gradients (scaler.unscale_ first): the norm it
+    measures equals the norm of the same step without a scaler, not 2^10 times it."""
+    norms, real = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, **kw: norms.append(real(params, **kw)))
+    args = train.parse_args(["--batch-size", "4", "--img-size", "64"])
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    loader = torch.utils.data.DataLoader(ds, 4, collate_fn=data.collate)
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = Detector(2, pretrained=False)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, enabled=enabled)
+        update = train.Update(train.make_optimizer(model, 1e-3, 0.05), scaler, None)
+        train.train_one_epoch(model, loader, train.assigner_for_epoch(0, args), DetectionLoss(), update,
+                              train.Plan(0, 1, 1, 4), args, torch.float16)
+    plain, scaled = (float(n) for n in norms)
+    assert scaled == pytest.approx(plain, rel=1e-3), (f"the clip saw a gradient norm of {scaled:.4g} with the scaler "
+                                                      f"and {plain:.4g} without: unscale_ before clipping")

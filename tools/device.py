@@ -4,7 +4,7 @@ One policy, by hardware, for every script (``choose_precision``):
 
 | device                                  | training                          | inference            |
 |-----------------------------------------|-----------------------------------|----------------------|
-| CUDA, compute capability >= 8.0 (A100, L4, RTX 30xx and later) | bf16 autocast            | bf16 autocast        |
+| CUDA, compute capability >= 8.0 (A100, L4, RTX 30xx and later) | bf16 autocast            | fp16 autocast        |
 | CUDA below 8.0 (T4 7.5, V100 7.0, P100 6.0) | fp16 autocast + ``GradScaler``  | fp16 autocast        |
 | CPU with native bf16 (AVX512-BF16 / AMX) | bf16 autocast                    | fp32                 |
 | other CPU, Apple MPS                    | fp32                              | fp32                 |
@@ -99,12 +99,36 @@ def choose_precision(device: torch.device, amp: bool | None = None, phase: str =
     ("train" or "infer") on or off; on MPS it changes nothing (no loss scaler there, so fp32)."""
     half, why = native_half(device)
     train = half
-    infer = half if device.type == "cuda" else None  # CPU: fp32 batch-1 inference is faster (measured)
+    # Inference: fp16 on every CUDA card, bf16 ones too: fp16's 10-bit mantissa moves box corners ~10x less than
+    # bf16's 7 bits (RESULTS.md section 6), and its range is ample for a forward pass. CPU: fp32 is faster.
+    infer = torch.float16 if device.type == "cuda" else None
     if amp is not None and device.type != "mps":
         forced = (half or torch.bfloat16) if amp else None  # a CPU without native bf16 emulates it
         train, infer = (forced, infer) if phase == "train" else (train, forced)
         why += f"; --{'' if amp else 'no-'}amp for {'training' if phase == 'train' else 'inference'}"
     return Precision(train, infer, why)
+
+
+@torch.no_grad()
+def autocast_problem(model, images: torch.Tensor, dtype: torch.dtype, max_px: float = 2.0) -> str | None:
+    """Why autocast to ``dtype`` must not be used for ``model`` on this device, or None when it is fine: one batch
+    forward in fp32 and under the autocast; its outputs must be finite, and its boxes within ``max_px`` pixels of
+    fp32's on average (GTX 16xx and other cards give NaN or garbage in fp16). ``model`` returns a DetectorOutput."""
+    was_training = model.training
+    model.eval()
+    try:
+        reference = model(images)
+        with autocast(images.device, dtype):
+            half = model(images)
+    finally:
+        model.train(was_training)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    if not (torch.isfinite(half.cls_logits).all() and torch.isfinite(half.boxes).all()):
+        return f"a {name} forward pass gave non-finite outputs on this device"
+    moved = float((half.boxes.float() - reference.boxes.float()).abs().mean())
+    if moved > max_px:
+        return f"a {name} forward pass moved the boxes by {moved:.0f} px on average against fp32"
+    return None
 
 
 def describe(device: torch.device, precision: Precision) -> str:

@@ -54,6 +54,6 @@ class NonFiniteGuard:
                    f", step skipped (image ids {ids})")
         if self.in_a_row >= self.max_in_a_row:
             raise NonFiniteLoss(f"{self.in_a_row} consecutive steps had a non-finite loss (last image ids {ids}); "
-                                "training has diverged. Try a lower --lr, or check the data with "
+                                "training has diverged. Try a lower --lr, or --no-amp (fp32) if it trained in fp16 / bf16, or check the data with "
                                 "`python -m tools.datacheck`. Resume from the last good last.pt.")
         return False
