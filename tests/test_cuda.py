@@ -50,3 +50,14 @@ def test_train_evaluate_resume_on_cuda(gpu_data, tmp_path, monkeypatch, capsys, 
                    "--pr", str(tmp_path / "pr.png")])
     out = capsys.readouterr().out
     assert "[device] cuda:0" in out and "mAP@[.5:.95]" in out
+
+
+@pytest.mark.parametrize("card", ["this GPU", "T4 (fp16 + GradScaler)"])
+def test_training_on_cuda_finds_rectangles(tiny_dataset, tmp_path, monkeypatch, card):
+    """The CPU end-to-end run of test_train.py (~200 steps on 48 images), on the GPU in its precision: a broken
+    half-precision path (NaN, overflow, inference far from fp32) would end near mAP 0, below the CPU run's floor."""
+    if card.startswith("T4"):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    res = train.main(["--data", str(tiny_dataset), "--out", str(tmp_path), "--name", "e2e", "--seed", "0",
+                      "--epochs", "34", "--batch-size", "8", "--img-size", "128", "--val-every", "17", "--workers", "2"])
+    assert res["map_50"] > 0.6, f"test mAP50 {res['map_50']:.3f} on the GPU; the same run on the CPU clears 0.6"
