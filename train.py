@@ -40,7 +40,8 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from assign import SimpleAssigner, TaskAlignedAssigner
-from data import AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size, pad_targets
+from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
+                  pad_targets)
 from detector import Detector
 from evaluate import evaluate
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
@@ -147,14 +148,15 @@ def train_one_epoch(model, loader, assigner, criterion, update: Update, plan: Pl
     device = next(model.parameters()).device
     guard, sums = NonFiniteGuard(args.max_bad_steps), {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}
     finite = overflows = 0  # steps with a finite loss; of those, steps the fp16 scaler skipped
-    batches = min(len(loader), plan.total - plan.done)  # islice stops the loader there without fetching one more
+    # islice stops the loader at the plan's end without fetching one more batch
+    batches = min(len(loader), plan.total - plan.done)
     epoch = plan.done // plan.per_epoch
     bar = tqdm(itertools.islice(loader, batches), desc=f"epoch {epoch + 1}", total=batches, leave=False)
     t0 = time.time()
     for images, targets in bar:
         images, gt_boxes, gt_labels, gt_mask = batch_to(device, images, targets, args.multi_scale)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr_at(plan.done, plan.total, plan.warmup)  # this iteration's LR
+        for group in optimizer.param_groups:  # this iteration's LR
+            group["lr"] = group["initial_lr"] * lr_at(plan.done, plan.total, plan.warmup)
         plan.done += 1
         # ---------------- the step: forward -> assign -> loss -> backward -> step -> EMA
         with autocast(device, dtype):               # bf16 / fp16 where the hardware has it (tools/device.py)
@@ -203,8 +205,9 @@ def make_loader(ds: DetectionDataset, args, device, workers: int, shuffle_with=N
     """A DataLoader over ``ds``; the training one (``shuffle_with`` its seeded generator) shuffles and drops
     the last partial batch, so every step sees a full batch."""
     train = shuffle_with is not None
-    return torch.utils.data.DataLoader(ds, args.batch_size, shuffle=train, drop_last=train, collate_fn=collate,
-                                       num_workers=workers, pin_memory=device.type == "cuda", generator=shuffle_with)
+    return torch.utils.data.DataLoader(ds, args.batch_size, shuffle=train, drop_last=train,
+                                       collate_fn=collate, num_workers=workers,
+                                       pin_memory=device.type == "cuda", generator=shuffle_with)
 
 
 def validate(model, loader, dtype, class_names: list[str]) -> dict:
@@ -244,20 +247,23 @@ def resume_on_this_machine(given: argparse.Namespace) -> tuple[argparse.Namespac
         f"; ignored {', '.join(ignored)} (a resumed run keeps its recipe)" if ignored else "")
 
 
-def test_best(model, run_dir: Path, rows: list[dict], test_loader, dtype, batch_size: int, per_epoch: int) -> dict:
+def test_best(model, run_dir: Path, rows: list[dict], test_loader, dtype, batch_size: int,
+              per_epoch: int) -> dict:
     """Evaluate best.pt (selected on validation) on the test split; print the numbers, write pr.png and
     test_results.json. BN folded, in inference precision, as evaluate.py loads a checkpoint: the test numbers
     are the deployed model's. ``model`` is the training model, into which best.pt's weights are loaded."""
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(best["model"])  # the EMA weights when --ema
     res, _ = evaluate(fuse_conv_bn(model, dtype), test_loader, desc="test", dtype=dtype)
-    print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), {run_dir / 'best.pt'}")
+    print(f"best checkpoint: epoch {best['epoch'] + 1} (val mAP {best['best_map']:.4f}), "
+          f"{run_dir / 'best.pt'}")
     metrics = metrics_summary(res, best["class_names"])
     print(format_results(metrics))
     save(plot_pr_curves(res, best["class_names"]), run_dir / "pr.png")
     train_s, steps = sum(r["train_s"] for r in rows), sum(r["steps"] for r in rows)
     summary = {**metrics, "best_epoch": best["epoch"] + 1, "epochs": round(steps / per_epoch, 1),
-               "train_minutes": round(train_s / 60, 1), "train_img_per_s": round(steps * batch_size / train_s, 2)}
+               "train_minutes": round(train_s / 60, 1),
+               "train_img_per_s": round(steps * batch_size / train_s, 2)}
     (run_dir / "test_results.json").write_text(json.dumps(summary, indent=1))
     print(f"TEST mAP@[.5:.95] {res['map']:.4f}  mAP50 {res['map_50']:.4f}  mAP75 {res['map_75']:.4f}")
     return res
@@ -283,9 +289,10 @@ def main(argv=None):
         root = resolve_data_root(args.data)
         class_names = load_class_names(root)
         args.img_size = round_to_stride(args.img_size or dataset_image_size(root))
-        model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None, weights=args.weights,
-                         unfreeze=args.unfreeze, width=args.width, neck=args.neck, neck_block=args.neck_block,
-                         depthwise_head=args.head_conv == "depthwise", box_bins=args.box_bins, strides=args.strides)
+        model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None,
+                         weights=args.weights, unfreeze=args.unfreeze, width=args.width, neck=args.neck,
+                         neck_block=args.neck_block, depthwise_head=args.head_conv == "depthwise",
+                         box_bins=args.box_bins, strides=args.strides)
         model = model.to(device, memory_format=torch.channels_last)
         depthwise_in_fp32(model, enabled=device.type == "cpu")  # oneDNN's bf16 depthwise backward is slow
         mean, std = model.backbone.mean, model.backbone.std
@@ -294,11 +301,12 @@ def main(argv=None):
         test_ds = make_split(root, "test", class_names, args, mean, std)
     except DataError as e:
         sys.exit(f"data error: {e}")
-    print(f"[train] classes {class_names}; {len(train_ds)} / {len(val_ds)} / {len(test_ds)} train / val / test "
-          f"images; {args.img_size} px; backbone {args.backbone}: {model.backbone.weights_source}")
+    print(f"[train] classes {class_names}; {len(train_ds)} / {len(val_ds)} / {len(test_ds)} train / val / "
+          f"test images; {args.img_size} px; backbone {args.backbone}: {model.backbone.weights_source}")
     gen = torch.Generator().manual_seed(args.seed)
     workers = default_workers(device) if args.workers is None else args.workers
-    if device.type == "cuda" and precision.train is not None:  # one batch in fp32 and in half: fall back if broken
+    # On a GPU, one batch in fp32 and in half precision first: a card whose half breaks the outputs trains in fp32.
+    if device.type == "cuda" and precision.train is not None:
         images, _ = val_ds[0]
         if problem := autocast_problem(model, images[None].to(device, memory_format=torch.channels_last),
                                        precision.train):
@@ -311,14 +319,16 @@ def main(argv=None):
     # ---- optimizer, loss scaler, loss, EMA; and where the run stands: new, or where --resume left it
     optimizer = make_optimizer(model, args.lr, args.weight_decay, args.backbone_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)  # fp16 only (T4, V100, P100)
-    criterion = DetectionLoss(args.box_loss, args.cls_loss, box_weight=args.box_weight, dfl_weight=args.dfl_weight)
+    criterion = DetectionLoss(args.box_loss, args.cls_loss, box_weight=args.box_weight,
+                              dfl_weight=args.dfl_weight)
     # EMA of the weights (timm's ModelEmaV3, with warm-up so early averages are not dominated by the init).
     ema = ModelEmaV3(model, decay=0.9998, use_warmup=True) if args.ema else None
     update = Update(optimizer, scaler, ema)
     per_epoch = len(train_loader)
     plan = Plan(0, args.epochs * per_epoch, max(1, int(args.warmup_epochs * per_epoch)), per_epoch)
     if ckpt is not None:
-        epoch, plan.done, plan.total, best_map, rows, run_dir = restore(ckpt, model, ema, optimizer, scaler, gen)
+        epoch, plan.done, plan.total, best_map, rows, run_dir = restore(ckpt, model, ema, optimizer, scaler,
+                                                                        gen)
         print(f"[train] resumed {args.resume} at epoch {epoch + 1}/{plan.epochs}")
     else:
         epoch, best_map, rows = 0, -1.0, []
@@ -334,7 +344,8 @@ def main(argv=None):
         aug, train_ds.copy_paste = aug_for_epoch(epoch, plan.epochs, args)
         train_ds.transform = build_transforms(args.img_size, True, mean, std, aug, args.jitter)
         try:
-            stats = train_one_epoch(model, train_loader, assigner, criterion, update, plan, args, precision.train)
+            stats = train_one_epoch(model, train_loader, assigner, criterion, update, plan, args,
+                                    precision.train)
         except NonFiniteLoss as e:
             sys.exit(f"error: {e}")
         train_s = time.time() - t0
@@ -347,7 +358,8 @@ def main(argv=None):
                **{f"val_ap_{name}": "" for name in class_names}}
         is_best = False
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == plan.epochs:
-            eval_model = ema.module if ema is not None else model  # what gets validated, saved as best, tested
+            # what gets validated, saved as best and tested: the EMA of the weights when there is one
+            eval_model = ema.module if ema is not None else model
             row.update(validate(eval_model, val_loader, precision.infer, class_names))
             is_best = row["val_map"] > best_map
             best_map = max(best_map, row["val_map"])
