@@ -1,4 +1,6 @@
 """benchmark.py: columns whose ratio is printed are timed in alternation, so drift falls on both alike."""
+import pytest
+
 from tools import benchmark
 
 
@@ -48,4 +50,7 @@ def test_benchmark_runs_end_to_end(tiny_dataset, capsys):
                            "--warmup", "0", "--loop-steps", "1"])
     keys = {"backbone_fb", "train_step", "loader", "loop", "backbone_fwd_b1", "infer_b1", "fused_b1", "infer_b8"}
     assert rows[0]["size"] == 64 and all(rows[0][k] > 0 for k in keys)
-    assert "step/floor" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "step/floor" in out and "loop/step" in out
+    loop_over_step = float(out.strip().splitlines()[-1].split()[7])  # the loop/step column of the 64 px row
+    assert loop_over_step == pytest.approx(rows[0]["train_step"] / rows[0]["loop"], abs=0.01)

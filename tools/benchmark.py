@@ -20,6 +20,8 @@ that floor. Likewise inference can't beat the backbone's forward. The table show
     loop                 img/s   --loop-steps train steps fed by a fresh DataLoader with --workers workers over
                                  decoded images, as train.py's loop (less its progress bar and grad clipping);
                                  ``--workers 2`` against the default 0 shows why 0 is train.py's CPU default
+    loop/step            ratio   train step time / loop time per image: 1 when the data never keeps the step
+                                 waiting; below 1, the step waits for its data
     backbone fwd b1      ms      the inference floor, batch 1
     inference b1         ms      model + post-processing (NMS), batch 1, the model as trained
     fused b1             ms      the same with BatchNorm folded into the convs and, with bf16 autocast,
@@ -222,14 +224,15 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     ms = 1000
     print(f"\n{'size':>5} {'backbone fwd+bwd':>17} {'train step':>11} {'step/floor':>10} {'train img/s':>11} "
-          f"{'loader img/s':>12} {'loop img/s':>10} {'backbone fwd b1':>16} {'infer b1':>9} {'infer/floor':>11} "
-          f"{'fused b1':>9} {'infer b8':>9}")
-    print(f"{'px':>5} {'ms/img':>17} {'ms/img':>11} {'':>10} {'':>11} {'':>12} {'':>10} {'ms':>16} {'ms':>9} {'':>11} "
-          f"{'ms':>9} {'ms/img':>9}")
+          f"{'loader img/s':>12} {'loop img/s':>10} {'loop/step':>9} {'backbone fwd b1':>16} {'infer b1':>9} "
+          f"{'infer/floor':>11} {'fused b1':>9} {'infer b8':>9}")
+    print(f"{'px':>5} {'ms/img':>17} {'ms/img':>11} {'':>10} {'':>11} {'':>12} {'':>10} {'':>9} {'ms':>16} {'ms':>9} "
+          f"{'':>11} {'ms':>9} {'ms/img':>9}")
     for r in rows:
         print(f"{r['size']:>5} {r['backbone_fb'] * ms:>17.1f} {r['train_step'] * ms:>11.1f} "
               f"{r['train_step'] / r['backbone_fb']:>10.2f} {1 / r['train_step']:>11.1f} {1 / r['loader']:>12.1f} "
-              f"{1 / r['loop']:>10.1f} {r['backbone_fwd_b1'] * ms:>16.1f} {r['infer_b1'] * ms:>9.1f} "
+              f"{1 / r['loop']:>10.1f} {r['train_step'] / r['loop']:>9.2f} {r['backbone_fwd_b1'] * ms:>16.1f} "
+              f"{r['infer_b1'] * ms:>9.1f} "
               f"{r['infer_b1'] / r['backbone_fwd_b1']:>11.2f} {r['fused_b1'] * ms:>9.1f} {r['infer_b8'] * ms:>9.1f}")
     return rows
 
