@@ -6,12 +6,13 @@ model, optimizer, then per epoch train, validate, save ``last.pt`` (and ``best.p
 mAP); at the end ``best.pt`` is evaluated on the test split. ``parse_args``, at the end of this file, is the
 recipe: every default the run uses, each paper's own value named beside it.
 
-    python train.py --epochs 80                      # the default recipe: TAL + GIoU, mosaic, EMA
+    python train.py --epochs 80                      # the default recipe: TAL + GIoU + DFL, mosaic, EMA
     python train.py --time 10                        # 10 minutes of training; the LR schedule fits the budget
     python train.py --resume runs/exp/last.pt        # continue exactly where a run stopped
 
-It picks the device and precision itself (tools/device.py): the GPU when there is one, in bf16 where the
-hardware has it natively, in fp16 with a gradient scaler on older GPUs (a T4); the CPU otherwise.
+It picks the device and precision itself (tools/device.py): the GPU when there is one, training in bf16 where
+the hardware has it natively, in fp16 with a gradient scaler on older GPUs (a T4), validating in fp16; the CPU
+otherwise.
 
 Differences from the papers' recipes (TOOD / YOLOX use SGD, 300 epochs, 8 GPUs):
 
