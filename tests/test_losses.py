@@ -18,7 +18,9 @@ def random_boxes(n, seed):
 
 def test_box_iou_matches_torchvision():
     a, b = random_boxes(30, 0), random_boxes(20, 1)
-    torch.testing.assert_close(box_iou(a, b), tvo.box_iou(a, b))
+    torch.testing.assert_close(box_iou(a, b), tvo.box_iou(a, b), msg=lambda m: (
+        "box_iou differs from torchvision.ops.box_iou: IoU = |A n B| / (|A| + |B| - |A n B|), the overlap clamped "
+        "at 0 on each axis\n" + m))
 
 
 def test_box_iou_is_batched():
@@ -37,7 +39,9 @@ def test_box_iou_is_batched():
 ])
 def test_losses_match_torchvision(ours, theirs, reduction):
     pred, target = random_boxes(64, 4), random_boxes(64, 5)
-    torch.testing.assert_close(ours(pred, target, reduction), theirs(pred, target, reduction))
+    torch.testing.assert_close(ours(pred, target, reduction), theirs(pred, target, reduction), msg=lambda m: (
+        f"{ours.__name__} differs from torchvision's {theirs.__name__} on random boxes: check the enclosing box C "
+        "(min of the top-lefts, max of the bottom-rights), rho^2 / c^2 and the aspect term against the paper\n" + m))
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -90,7 +94,8 @@ def test_detection_loss_empty_image_gives_only_cls_term():
     assert out["box"] == 0
     # Nothing to normalise by: divided by max(0, 1) = 1, i.e. the plain BCE sum against zeros.
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="sum")
-    torch.testing.assert_close(out["cls"], expected)
+    torch.testing.assert_close(out["cls"], expected, msg=lambda m: (
+        f"every anchor is classified, background included (target 0): the cls loss runs over all anchors\n{m}"))
 
 
 def test_detection_loss_weights_box_term_by_target_score():
@@ -100,7 +105,8 @@ def test_detection_loss_weights_box_term_by_target_score():
     a = _assignment(torch.tensor([[True, False]]), target, scores)
     out = DetectionLoss(box_loss="iou")(torch.zeros(1, 2, 2), pred, a)
     # Σ (loss * weight) / max(Σ targets, 1) = (2/3 * 0.5) / 1
-    torch.testing.assert_close(out["box"], torch.tensor(2 / 3 * 0.5))
+    torch.testing.assert_close(out["box"], torch.tensor(2 / 3 * 0.5), msg=lambda m: (
+        f"each positive's box loss is weighted by its soft target (0.5 here)\n{m}"))
 
 
 def test_dfl_hand_computed():
@@ -110,7 +116,8 @@ def test_dfl_hand_computed():
     # y = 1.3 sits between bins 1 and 2: -(0.7 log S_1 + 0.3 log S_2).
     logits = torch.tensor([0.5, 2.0, 1.0, -1.0])
     log_p = logits.log_softmax(-1)
-    torch.testing.assert_close(distribution_focal_loss(logits, torch.tensor(1.3)), -(0.7 * log_p[1] + 0.3 * log_p[2]))
+    torch.testing.assert_close(distribution_focal_loss(logits, torch.tensor(1.3)), -(0.7 * log_p[1] + 0.3 * log_p[2]),
+                               msg=lambda m: f"y = 1.3: the left bin 1 weighs 2 - 1.3 = 0.7, the right bin 2 weighs 0.3\n{m}")
     # Targets beyond the last bin are clamped to n - 1.01: almost all weight on the last bin.
     torch.testing.assert_close(distribution_focal_loss(logits, torch.tensor(9.0)),
                                -(0.01 * log_p[2] + 0.99 * log_p[3]), rtol=1e-5, atol=1e-5)
@@ -140,7 +147,9 @@ def test_detection_loss_dfl_term():
     pred = torch.tensor([[[6.0, 8, 14, 20], [0, 0, 1, 1]]])
     out = DetectionLoss(box_weight=3.0, dfl_weight=2.0)(torch.zeros(1, 2, 2), pred, a, logits, points, strides)
     expected = distribution_focal_loss(logits[0, 0], torch.tensor([1.0, 0.5, 1.0, 2.5])).mean() * 0.5 / 1
-    torch.testing.assert_close(out["dfl"], expected)
+    torch.testing.assert_close(out["dfl"], expected, msg=lambda m: (
+        "the DFL targets are the distances from the anchor point to the box sides in bins, i.e. divided by the "
+        f"stride (here 4)\n{m}"))
     torch.testing.assert_close(out["total"], out["cls"] + 3.0 * out["box"] + 2.0 * out["dfl"])
     assert "dfl" not in DetectionLoss()(torch.zeros(1, 2, 2), pred, a)
 
@@ -161,7 +170,8 @@ def test_vfl_hand_computed():
     p = torch.sigmoid(x)
     pos = -0.8 * (0.8 * torch.log(p[0]) + 0.2 * torch.log(1 - p[0]))
     neg = -0.75 * p[1] ** 2 * torch.log(1 - p[1])
-    torch.testing.assert_close(varifocal_loss(x, q), torch.stack([pos, neg]))
+    torch.testing.assert_close(varifocal_loss(x, q), torch.stack([pos, neg]), msg=lambda m: (
+        f"VFL weighs a positive by its quality q and a negative by alpha * p^gamma\n{m}"))
     # Negatives with alpha = 1, gamma = 0 are plain BCE.
     x = torch.randn(20)
     torch.testing.assert_close(varifocal_loss(x, torch.zeros(20), alpha=1.0, gamma=0.0), bce_loss(x, torch.zeros(20)))
