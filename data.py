@@ -112,7 +112,8 @@ def parse_row(row: dict, num_classes: int, where: str) -> tuple[Record | None, l
     boxes = coco_to_xyxy(xywh)                                      # (N, 4) xyxy pixels
     labels = cats - FIRST_CATEGORY_ID                               # (N,) 0-based model classes
     keep, boxes, box_problems = check_boxes(xywh, cats, boxes, labels, size, num_classes, where)
-    return Record(int(row["image_id"]), row["image"]["bytes"], boxes[keep], labels[keep], where), problems + box_problems
+    record = Record(int(row["image_id"]), row["image"]["bytes"], boxes[keep], labels[keep], where)
+    return record, problems + box_problems
 
 
 def scan_split(root: Path, split: str, num_classes: int) -> tuple[list[Record], list[Problem]]:

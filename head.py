@@ -74,8 +74,8 @@ class DecoupledHead(nn.Module):
         for i, x in enumerate(feats):
             x = self.stems[i](x)                                       # (B, width, h, w)
             cls = self.cls_preds[i](self.cls_branches[i](x))          # (B, C, h, w)
-            # fp32 from here: under fp16 / bf16 autocast the softmax over bins and the pixel distances would
-            # round to 1/8 px or worse at stride 32; the assigner and the loss read these boxes.
+            # fp32 from here: under autocast a 300 px distance would round to steps of 2 px in bf16 (0.25 px in
+            # fp16), and the softmax over bins with it; the assigner and the loss read these boxes.
             box = self.box_preds[i](self.box_branches[i](x)).float()  # (B, 4 or 4n, h, w)
             if self.box_bins:
                 logits = box.unflatten(1, (4, self.box_bins)).flatten(3)  # (B, 4, n, h*w): one distribution per side
