@@ -149,6 +149,7 @@ def train_one_epoch(model, loader, assigner, criterion, update: Update, plan: Pl
     device = next(model.parameters()).device
     guard, sums = NonFiniteGuard(args.max_bad_steps), {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0}
     finite = overflows = 0  # steps with a finite loss; of those, steps the fp16 scaler skipped
+    scale = scaler.get_scale()  # the fp16 loss scale (1.0 when the scaler is off); read once per step below
     # islice stops the loader at the plan's end without fetching one more batch
     batches = min(len(loader), plan.total - plan.done)
     epoch = plan.done // plan.per_epoch
@@ -172,10 +173,10 @@ def train_one_epoch(model, loader, assigner, criterion, update: Update, plan: Pl
         scaler.scale(losses["total"]).backward()    # fp16 only: the loss scaled up so small gradients survive
         scaler.unscale_(optimizer)                  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-        scale = scaler.get_scale()                  # fp16: the loss scale (1.0 when the scaler is off)
         scaler.step(optimizer)                      # AdamW, unless a fp16 gradient overflowed
         scaler.update()                             # an overflow halves the scale: the step was skipped
-        stepped = scaler.get_scale() >= scale
+        previous, scale = scale, scaler.get_scale()
+        stepped = scale >= previous
         if ema is not None and stepped:             # a skipped step changed no weight: nothing to average
             ema.update(model, step=plan.done)
         # ---------------- end of the step; the rest is bookkeeping
@@ -186,7 +187,7 @@ def train_one_epoch(model, loader, assigner, criterion, update: Update, plan: Pl
         bar.set_postfix(loss=f"{sums['loss'] / finite:.3f}", cls=f"{sums['loss_cls'] / finite:.3f}",
                         box=f"{sums['loss_box'] / finite:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}",
                         img_s=f"{finite * loader.batch_size / (time.time() - t0):.1f}", refresh=False,
-                        **({"scale": f"{scaler.get_scale():.0f}"} if scaler.is_enabled() else {}))
+                        **({"scale": f"{scale:.0f}"} if scaler.is_enabled() else {}))
     # skipped: steps without an update, for a non-finite loss or (fp16) an overflowing gradient
     return {k: v / max(finite, 1) for k, v in sums.items()} | {"skipped": guard.skipped + overflows,
                                                                "steps": finite + guard.skipped}
