@@ -37,7 +37,7 @@ class Detector(nn.Module):
     def __init__(self, num_classes: int, backbone: str = "tf_efficientnet_lite0", pretrained: bool = True,
                  weights: str | None = None, unfreeze: int = 2, width: int = 64, neck: str = "fpn",
                  neck_block: str = "conv", depthwise_head: bool = False, box_bins: int = 16,
-                 strides: tuple[int, ...] = (8, 16, 32)):
+                 strides: tuple[int, ...] = (8, 16, 32), box_prior: float = 0.0):
         super().__init__()
         # Everything needed to rebuild this model; saved in checkpoints (weights come from the checkpoint).
         self.config = dict(num_classes=num_classes, backbone=backbone, unfreeze=unfreeze, width=width, neck=neck,
@@ -47,7 +47,7 @@ class Detector(nn.Module):
                                  strides=tuple(strides))
         self.neck = build_neck(neck, self.backbone.channels, width, neck_block)
         self.head = DecoupledHead(num_classes, width, width, self.backbone.strides, depthwise=depthwise_head,
-                                  box_bins=box_bins)
+                                  box_bins=box_bins, box_prior=box_prior)
         self.strides = self.backbone.strides
         self._points = {}  # (H, W) -> (anchor points, their strides), computed once per input size
 

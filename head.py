@@ -48,7 +48,7 @@ class DecoupledHead(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 64, width: int = 64, strides=(8, 16, 32),
-                 depthwise: bool = False, prior_prob: float = 0.01, box_bins: int = 16):
+                 depthwise: bool = False, prior_prob: float = 0.01, box_bins: int = 16, box_prior: float = 0.0):
         super().__init__()
         self.num_classes, self.strides, self.box_bins = num_classes, tuple(strides), box_bins
         n = len(strides)
@@ -68,6 +68,9 @@ class DecoupledHead(nn.Module):
             # softplus(0) * stride = 0.69 stride: a small box around the point. With bins: a uniform
             # distribution, whose expectation is (n - 1) / 2 strides (YOLOv8 starts the same way).
             nn.init.zeros_(conv.bias)
+            if box_bins and box_prior:
+                # p_i ~ q^i with q = m / (1 + m): a geometric distribution over the bins, expectation ~ m strides
+                conv.bias.data = torch.arange(box_bins).mul(math.log(box_prior / (1 + box_prior))).repeat(4)
 
     def forward(self, feats: list[torch.Tensor]):
         cls_out, box_out, logit_out = [], [], []

@@ -294,7 +294,7 @@ def main(argv=None):
         model = Detector(len(class_names), backbone=args.backbone, pretrained=ckpt is None,
                          weights=args.weights, unfreeze=args.unfreeze, width=args.width, neck=args.neck,
                          neck_block=args.neck_block, depthwise_head=args.head_conv == "depthwise",
-                         box_bins=args.box_bins, strides=args.strides)
+                         box_bins=args.box_bins, strides=args.strides, box_prior=args.box_prior)
         model = model.to(device, memory_format=torch.channels_last)
         depthwise_in_fp32(model, enabled=device.type == "cpu")  # oneDNN's bf16 depthwise backward is slow
         mean, std = model.backbone.mean, model.backbone.std
@@ -417,6 +417,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--box-bins", type=int, default=16,
                    help="N > 0: predict each box side as a distribution over 0..N-1 strides, trained with "
                         "the distribution focal loss (GFL; YOLOv8: 16); 0: one softplus distance per side")
+
+    g.add_argument("--box-prior", type=float, default=0.0, metavar="M",
+                   help="with --box-bins: start every side's distribution at an expectation of M strides; 0: uniform")
 
     g = p.add_argument_group("the course's improvements: assignment, losses, augmentation, EMA")
     g.add_argument("--assigner", choices=["tal", "simple"], default="tal")
