@@ -223,7 +223,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             self.images = [image for _, image in decoded if image is not None]
         if not self.records:
             raise DataError(f"{self.root}: the {split} split has no usable image")
-        self.seed, self.epoch = seed, 0  # item i of epoch e is augmented by a generator seeded (seed, e, i)
+        self.seed = seed  # item i of epoch e is augmented by generators seeded (seed, e, i)
 
     @staticmethod
     def _try_decode(rec: Record, strict: bool) -> np.ndarray | None:
@@ -235,10 +235,6 @@ class DetectionDataset(torch.utils.data.Dataset):
             print(f"[data] warning: {e} (image skipped)", file=sys.stderr)
             return None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Same (seed, epoch, i), same augmentation: in every run, every worker, and after a resume."""
-        self.epoch = epoch
-
     def __len__(self):
         return len(self.records)
 
@@ -248,9 +244,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         image = self.images[i] if self.images is not None else decode_image(rec)
         return {"image": image, "bboxes": rec.boxes, "labels": rec.labels}
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        """``key``: an index (epoch 0), or ``(epoch, index)`` as ``EpochSampler`` gives them during training.
+        Same (seed, epoch, index), same augmentation: in every run, every worker, and after a resume."""
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         rec = self.records[i]
-        rng = seed_augmentation(self.transform, (self.seed, self.epoch, i))  # every random draw below follows
+        rng = seed_augmentation(self.transform, (self.seed, epoch, i))  # every random draw below follows
         sample = self.load(i)
         if self.copy_paste:
             donors = [self.load(int(j)) for j in rng.integers(0, len(self), self.copy_paste)]
@@ -267,6 +266,29 @@ class DetectionDataset(torch.utils.data.Dataset):
             "image_labels": torch.as_tensor(rec.labels),                                      # (N0,)
         }
         return out["image"], target
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The training order: a new random permutation of the ``n`` images each epoch, each index handed to the
+    dataset with its epoch as ``(epoch, index)``.
+
+    The epoch travels with the index because persistent DataLoader workers keep the copy of the dataset they
+    started with: an epoch set on the dataset would never reach them. The permutation is drawn whole when the
+    epoch starts, exactly one per epoch from ``generator``, however far ahead the workers prefetch: the order
+    is the same with or without workers, and after a resume on another machine."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator, self.epoch = n, generator, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()  # (n,) this epoch's order
+        return ((self.epoch, i) for i in order)
 
 
 def collate(batch):

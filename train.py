@@ -41,8 +41,8 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from assign import SimpleAssigner, TaskAlignedAssigner
-from data import (AUG_LEVELS, DataError, DetectionDataset, build_transforms, collate, dataset_image_size,
-                  pad_targets)
+from data import (AUG_LEVELS, DataError, DetectionDataset, EpochSampler, build_transforms, collate,
+                  dataset_image_size, pad_targets)
 from detector import Detector
 from evaluate import evaluate
 from losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss
@@ -204,12 +204,15 @@ def make_split(root, name: str, class_names: list[str], args, mean, std) -> Dete
 
 
 def make_loader(ds: DetectionDataset, args, device, workers: int, shuffle_with=None):
-    """A DataLoader over ``ds``; the training one (``shuffle_with`` its seeded generator) shuffles and drops
-    the last partial batch, so every step sees a full batch."""
+    """A DataLoader over ``ds``. The training one (``shuffle_with`` its seeded generator) shuffles, hands the
+    dataset ``(epoch, index)`` pairs (``data.EpochSampler``: call ``loader.sampler.set_epoch``) and drops the
+    last partial batch, so every step sees a full batch. Workers persist from epoch to epoch: starting them
+    re-imports torch and albumentations in each, seconds that a GPU would wait at every epoch's start."""
     train = shuffle_with is not None
-    return torch.utils.data.DataLoader(ds, args.batch_size, shuffle=train, drop_last=train,
-                                       collate_fn=collate, num_workers=workers,
-                                       pin_memory=device.type == "cuda", generator=shuffle_with)
+    sampler = EpochSampler(len(ds), shuffle_with) if train else None
+    return torch.utils.data.DataLoader(ds, args.batch_size, sampler=sampler, drop_last=train, collate_fn=collate,
+                                       num_workers=workers, persistent_workers=workers > 0,
+                                       pin_memory=device.type == "cuda")
 
 
 def validate(model, loader, dtype, class_names: list[str]) -> dict:
@@ -314,7 +317,7 @@ def main(argv=None):
                                        precision.train):
             precision = Precision(None, None, f"{problem}: fp32 instead")
             print(describe(device, precision))
-    train_loader = make_loader(train_ds, args, device, workers, shuffle_with=gen)
+    train_loader, level = make_loader(train_ds, args, device, workers, shuffle_with=gen), None
     val_loader = make_loader(val_ds, args, device, workers)
     test_loader = make_loader(test_ds, args, device, workers)
 
@@ -341,10 +344,12 @@ def main(argv=None):
     while plan.done < plan.total:
         t0 = time.time()
         assigner = assigner_for_epoch(epoch, args)
-        # Workers start anew each epoch (not persistent), so they see the new epoch and transform.
-        train_ds.set_epoch(epoch)
-        aug, train_ds.copy_paste = aug_for_epoch(epoch, plan.epochs, args)
-        train_ds.transform = build_transforms(args.img_size, True, mean, std, aug, args.jitter)
+        if aug_for_epoch(epoch, plan.epochs, args) != level:  # the first epoch, and when mosaic closes
+            level = aug, train_ds.copy_paste = aug_for_epoch(epoch, plan.epochs, args)
+            train_ds.transform = build_transforms(args.img_size, True, mean, std, aug, args.jitter)
+            # persistent workers keep the dataset they started with: new ones see the new transform
+            train_loader = make_loader(train_ds, args, device, workers, shuffle_with=gen)
+        train_loader.sampler.set_epoch(epoch)
         try:
             stats = train_one_epoch(model, train_loader, assigner, criterion, update, plan, args,
                                     precision.train)

@@ -60,9 +60,8 @@ def test_letterbox_scales_boxes(tiny_dataset):
 def test_train_augmentations_keep_boxes_inside(tiny_dataset):
     ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(96, True, MEAN, STD))
     for epoch in range(3):  # the dataset seeds each item's augmentation by (seed, epoch, index)
-        ds.set_epoch(epoch)
         for i in range(len(ds)):
-            image, t = ds[i]
+            image, t = ds[epoch, i]
             b = t["boxes"]
             assert image.shape == (3, 96, 96)
             assert len(b) == len(t["labels"])
@@ -375,5 +374,26 @@ def test_augmentation_is_a_function_of_seed_epoch_and_image(tiny_dataset):
         assert torch.equal(image, image2) and torch.equal(target["boxes"], target2["boxes"]), (
             f"item {i} came out differently in two runs: every random draw of the augmentation (mosaic donors, "
             "copy-paste, albumentations) must come from generators seeded by (seed, epoch, index)")
-    again.set_epoch(1)
-    assert not torch.equal(first[0][0], again[0][0]), "epoch 1 augmented item 0 exactly as epoch 0 did"
+    assert torch.equal(first[0][0], again[0, 0][0]), "an index alone is epoch 0's item"
+    assert not torch.equal(first[0][0], again[1, 0][0]), "epoch 1 augmented item 0 exactly as epoch 0 did"
+
+
+def test_epoch_sampler_draws_one_permutation_per_epoch():
+    """Every epoch visits every image once, in a new order, each index tagged with its epoch; and exactly one
+    permutation is drawn per epoch, however much of it the loader consumed (workers prefetch past the end, a
+    --time run stops mid-epoch), so the order never depends on the worker count."""
+    whole = data.EpochSampler(10, torch.Generator().manual_seed(0))
+    part = data.EpochSampler(10, torch.Generator().manual_seed(0))
+    orders = []
+    for epoch in range(3):
+        whole.set_epoch(epoch)
+        part.set_epoch(epoch)
+        keys = list(whole)
+        assert {e for e, _ in keys} == {epoch}, "each index must come with the current epoch: (epoch, index)"
+        assert sorted(i for _, i in keys) == list(range(10)), "an epoch must visit every image exactly once"
+        orders.append([i for _, i in keys])
+        first = next(iter(part))  # this loader stops after one item
+        assert first == keys[0], (
+            f"epoch {epoch}: a loader that stopped early in the last epoch sees another order; draw the epoch's "
+            "permutation whole when the epoch starts, one per epoch")
+    assert orders[0] != orders[1] != orders[2], "the training images must be shuffled anew every epoch"

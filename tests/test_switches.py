@@ -54,9 +54,8 @@ def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
     ds = data.DetectionDataset(root, "train", data.build_transforms(96, True, mean, std, "strong"))
     seen = 0
     for epoch in range(3):
-        ds.set_epoch(epoch)
         for i in range(len(ds)):
-            image, t = ds[i]
+            image, t = ds[epoch, i]
             img = to_uint8_image(image, mean, std).astype(int)
             for box, label in zip(t["boxes"].tolist(), t["labels"].tolist()):
                 x1, y1, x2, y2 = box

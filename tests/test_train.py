@@ -151,6 +151,32 @@ def test_the_training_loader_shuffles_and_the_others_do_not(tiny_dataset):
     assert sorted(shuffled) == plain and shuffled != plain, "the training loader must shuffle the images every epoch"
 
 
+def test_persistent_workers_augment_each_epoch_as_the_main_process_does(tiny_dataset):
+    """Workers live through the run (``persistent_workers``) and keep the dataset they started with; the epoch
+    reaches them with each index (``data.EpochSampler``), so 2 workers give the batches the main process gives,
+    epoch after epoch (workers prefetch past an epoch's end: the order must not depend on it), and epoch 2 is
+    augmented anew."""
+    ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(64, True, (0.5,) * 3, (0.5,) * 3),
+                               seed=3)
+    args = train.parse_args(["--batch-size", "4"])
+
+    def epochs(workers: int) -> list[list[torch.Tensor]]:
+        loader = train.make_loader(ds, args, torch.device("cpu"), workers, shuffle_with=torch.Generator().manual_seed(0))
+        out = []
+        for epoch in range(3):
+            loader.sampler.set_epoch(epoch)
+            out.append([images for images, _ in itertools.islice(loader, len(loader))])  # as train_one_epoch
+        return out
+
+    here, workers = epochs(0), epochs(2)
+    for epoch in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(here[epoch], workers[epoch])), (
+            f"epoch {epoch}: persistent workers augmented differently from the main process; the epoch must travel "
+            "with the index ((epoch, i) from EpochSampler), not be set on the dataset the workers copied")
+    first, second = (torch.cat(e).sum(dim=(1, 2, 3)).sort().values for e in workers[:2])
+    assert not torch.equal(first, second), "epoch 2 in the workers repeated epoch 1's augmentation"
+
+
 def test_each_step_uses_only_its_own_batchs_gradients(tiny_dataset):
     """Two steps at LR 0 (the weights stay put): the gradient the optimizer sees at step 2 must be batch 2's
     alone, as computed from scratch. Without zero_grad it would be the sum of both batches'."""
