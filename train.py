@@ -483,7 +483,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default="auto",
                    help="auto: the first CUDA GPU if there is one, else the CPU; or cpu, cuda, cuda:N, mps")
     g.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes (default: none on CPU, up to 4 beside a GPU; "
+                   help="DataLoader worker processes (default: none on CPU, up to 8 beside a GPU; "
                         "tools/device.py)")
     g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode every image once into memory (about 0.5 MB per 416 px image)")

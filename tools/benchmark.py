@@ -15,11 +15,11 @@ that floor. Likewise inference can't beat the backbone's forward. The table show
 
     backbone fwd+bwd     ms/img  the training floor (batch --batch-size)
     train step           ms/img  forward + assign + loss + backward + AdamW step, data already in memory
-    loader               ms/img  JPEG decode + augment with --workers DataLoader workers (train pipeline;
-                                 the worst case: training's --cache skips the decode)
-    loop                 img/s   --loop-steps train steps fed by a fresh DataLoader with --workers workers over
-                                 decoded images, as train.py's loop (less its progress bar and grad clipping);
-                                 ``--workers 2`` against the default 0 shows why 0 is train.py's CPU default
+    loader               img/s   train.py's training loader alone over --loop-steps batches: decoded images
+                                 (--cache), mosaic and jitter, --workers persistent workers (already started)
+    loop                 img/s   --loop-steps train steps fed by that loader, as train.py's loop (less its
+                                 progress bar and grad clipping); ``--workers 2`` against the default 0 shows
+                                 why 0 is train.py's CPU default
     loop/step            ratio   train step time / loop time per image: 1 when the data never keeps the step
                                  waiting; below 1, the step waits for its data
     backbone fwd b1      ms      the inference floor, batch 1
@@ -53,7 +53,7 @@ from tools.checkpoint import CheckpointError
 from tools.device import DeviceError, autocast, choose_precision, default_workers, resolve_device
 from tools.sources import load_class_names, resolve_data_root
 from tools.speed import depthwise_in_fp32, fuse_conv_bn
-from train import make_optimizer
+from train import batch_to, make_loader, make_optimizer
 
 
 def timed(fn, repeats: int, warmup: int) -> float:
@@ -119,7 +119,7 @@ def bench_size(size: int, args, root, names, device, train_dtype, infer_dtype) -
         model = Detector(len(names)).to(device, memory_format=torch.channels_last)
     depthwise_in_fp32(model, args.fp32_depthwise)
     mean, std = model.backbone.mean, model.backbone.std
-    # Not cached: the loader column below times JPEG decode + augment, the pipeline's worst case.
+    # One real batch for the timed steps (not cached: decoding the whole split is for the loader below).
     train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names, cache=False)
     b = args.batch_size
     images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
@@ -134,29 +134,24 @@ def bench_size(size: int, args, root, names, device, train_dtype, infer_dtype) -
                           args.repeats, args.warmup)
     r |= {name: seconds / b for name, seconds in both.items()}
 
-    # 3. data loading throughput with the default workers (a fresh pass over n_load images)
-    n_load = min(len(train_ds), b * args.repeats * 2)
-    subset = torch.utils.data.Subset(train_ds, range(n_load))
+    # 3. the training loader alone, as train.py builds it: images decoded once (--cache), mosaic + jitter
+    #    (--aug strong), --workers persistent workers; a first, untimed pass starts the workers
+    loop_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "strong"), names)
+    loader = make_loader(loop_ds, args, device, args.workers, shuffle_with=torch.Generator().manual_seed(0))
+    steps = min(args.loop_steps, len(loader))
 
-    def load_all():
-        loader = torch.utils.data.DataLoader(subset, b, collate_fn=collate, num_workers=args.workers)
-        for _ in loader:
+    def load():
+        for _ in itertools.islice(loader, steps):
             pass
 
-    r["loader"] = timed(load_all, 1, 0) / n_load
+    r["loader"] = timed(load, 1, 1) / (steps * b)
 
-    # 4. the training loop as train.py runs it: the same step fed by a fresh DataLoader (workers start
-    #    anew each epoch there too) over images decoded once (--cache), --workers worker processes
-    loop_ds = DetectionDataset(root, "train", train_ds.transform, names)  # decoded up front, as train.py's
-
+    # 4. the training loop as train.py runs it: the same step fed by that loader
     def train_loop():
-        loader = torch.utils.data.DataLoader(loop_ds, b, shuffle=True, drop_last=True, collate_fn=collate,
-                                             num_workers=args.workers, generator=torch.Generator().manual_seed(0))
-        for batch_images, batch_targets in itertools.islice(loader, args.loop_steps):
-            train_step(batch_images.to(device, memory_format=torch.channels_last),
-                       *(t.to(device) for t in pad_targets(batch_targets)))
+        for batch_images, batch_targets in itertools.islice(loader, steps):
+            train_step(*batch_to(device, batch_images, batch_targets, 0.0))
 
-    r["loop"] = timed(train_loop, 1, 0) / (args.loop_steps * b)
+    r["loop"] = timed(train_loop, 1, 0) / (steps * b)
 
     # 5. inference: backbone alone and the whole model + post-processing, batch 1 and batch 8
     model.eval()
