@@ -64,13 +64,17 @@ class DecoupledHead(nn.Module):
         # background locations produce a huge loss in the first steps and destabilise training.
         for conv in self.cls_preds:
             nn.init.constant_(conv.bias, -math.log((1 - prior_prob) / prior_prob))
+        # Box-size prior, the boxes' counterpart of the prior probability: every first box is small. Without
+        # bins, softplus(0) * stride = 0.69 stride per side. With bins, bin i starts at logit i * log(q),
+        # q = m / (1 + m): p_i ~ q^i, a geometric distribution whose expectation is ~m = ``box_prior`` strides
+        # (2: a box 4 strides wide, RetinaNet's anchor size at every level). A uniform start (YOLOv8's;
+        # box_prior=0) puts every side at (n - 1) / 2 = 7.5 strides: 120 px boxes at stride 8, whose IoU with
+        # a 16 px object is ~0.02, and TAL's targets are that IoU (RESULTS.md section 9).
         for conv in self.box_preds:
-            # softplus(0) * stride = 0.69 stride: a small box around the point. With bins: a uniform
-            # distribution, whose expectation is (n - 1) / 2 strides (YOLOv8 starts the same way).
-            nn.init.zeros_(conv.bias)
             if box_bins and box_prior:
-                # p_i ~ q^i with q = m / (1 + m): a geometric distribution over the bins, expectation ~ m strides
-                conv.bias.data = torch.arange(box_bins).mul(math.log(box_prior / (1 + box_prior))).repeat(4)
+                conv.bias.data.copy_(torch.arange(box_bins).mul(math.log(box_prior / (1 + box_prior))).repeat(4))
+            else:
+                nn.init.zeros_(conv.bias)
 
     def forward(self, feats: list[torch.Tensor]):
         cls_out, box_out, logit_out = [], [], []

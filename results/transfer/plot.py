@@ -1,6 +1,6 @@
 """The per-class early-learning figure: validation AP of each class against the training step (top), and what
-the assigner gives each class's GTs (bottom: the mean soft-target mass per GT, ``early.py``), one column per
-recipe.
+the assigner gives each class's GTs (bottom: the soft-target mass per GT, ``early.py``, averaged over each
+epoch's steps), one column per recipe.
 
     python results/transfer/plot.py OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]
 
@@ -37,13 +37,15 @@ def main(out: str, runs: list[str]):
             if key.startswith("val_ap_"):
                 axes[0, col].plot(step, [float(r[key]) for r in metrics], marker="o", label=key[len("val_ap_"):])
         axes[0, col].set_title(label)
-        if (run / "early.csv").exists():
-            per_class = defaultdict(lambda: ([], []))
+        if (run / "early.csv").exists():  # the mean over each epoch's steps, at the epoch's last step
+            per_epoch = int(read(run / "metrics.csv")[0]["steps"])
+            sums = defaultdict(lambda: defaultdict(list))                        # class -> epoch -> masses
             for r in read(run / "early.csv"):
-                per_class[r["class"]][0].append(int(r["step"]))
-                per_class[r["class"]][1].append(float(r["mass"]))
-            for name, (x, y) in per_class.items():
-                axes[1, col].plot(x, y, ".", ms=3, label=name)
+                sums[r["class"]][(int(r["step"]) - 1) // per_epoch].append(float(r["mass"]))
+            for name, by_epoch in sums.items():
+                epochs = sorted(by_epoch)
+                axes[1, col].plot([(e + 1) * per_epoch for e in epochs],
+                                  [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], marker=".", label=name)
             axes[1, col].set_yscale("log")
         axes[1, col].set_xlabel("training step")
     axes[0, 0].set_ylabel("validation AP@[.5:.95]")
