@@ -38,20 +38,6 @@ def test_head_shapes_and_prior_init(box_bins):
         "every class score must start at the prior probability 0.01: bias = -log((1 - 0.01) / 0.01)\n" + m))
 
 
-@pytest.mark.parametrize("box_prior", [2.0, 1.0])
-def test_box_distributions_start_at_the_prior_size(box_prior):
-    """Before any training every side is ~``box_prior`` strides (a geometric distribution over the bins), not
-    the uniform distribution's (n - 1) / 2 = 7.5: boxes 15 strides wide overlap a small GT with IoU ~0.01, and
-    TAL's targets (a GT's best IoU) would teach a small class to be background."""
-    torch.manual_seed(0)
-    head = DecoupledHead(num_classes=3, in_channels=16, width=16, box_bins=16, box_prior=box_prior)
-    _, ltrb, _ = head([torch.randn(2, 16, s, s) for s in (8, 4, 2)])               # (2, 84, 4) pixels
-    strides = torch.tensor([8.0] * 64 + [16.0] * 16 + [32.0] * 4)                  # (84,)
-    sides = ltrb / strides[None, :, None]                                           # (2, 84, 4) strides
-    torch.testing.assert_close(sides.mean(), torch.tensor(box_prior), atol=0.1, rtol=0, msg=lambda m: (
-        f"the first boxes must have sides of ~{box_prior} strides: bias of bin i = i * log(m / (1 + m))\n{m}"))
-
-
 def test_distribution_to_distance():
     one_hot = torch.full((3, 6), -30.0)
     one_hot[[0, 1, 2], [0, 2, 5]] = 30.0
@@ -102,3 +88,17 @@ def test_head_is_decoupled(box_bins):
     assert all(g is None or not g.any() for g in cls_grads[n:]), \
         "the class logits depend on the box branch: the class predictor must read the classification branch"
     assert any(g is not None and g.any() for g in box_grads[n:]) and any(g is not None and g.any() for g in cls_grads[:n])
+
+
+@pytest.mark.parametrize("box_prior", [2.0, 1.0])
+def test_box_distributions_start_at_the_prior_size(box_prior):
+    """Before any training every side is ~``box_prior`` strides (a geometric distribution over the bins), not
+    the uniform distribution's (n - 1) / 2 = 7.5: boxes 15 strides wide overlap a small GT with IoU ~0.01, and
+    TAL's targets (a GT's best IoU) would teach a small class to be background."""
+    torch.manual_seed(0)
+    head = DecoupledHead(num_classes=3, in_channels=16, width=16, box_bins=16, box_prior=box_prior)
+    _, ltrb, _ = head([torch.randn(2, 16, s, s) for s in (8, 4, 2)])               # (2, 84, 4) pixels
+    strides = torch.tensor([8.0] * 64 + [16.0] * 16 + [32.0] * 4)                  # (84,)
+    sides = ltrb / strides[None, :, None]                                           # (2, 84, 4) strides
+    torch.testing.assert_close(sides.mean(), torch.tensor(box_prior), atol=0.1, rtol=0, msg=lambda m: (
+        f"the first boxes must have sides of ~{box_prior} strides: bias of bin i = i * log(m / (1 + m))\n{m}"))

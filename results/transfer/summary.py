@@ -1,7 +1,9 @@
 """One line per run for RESULTS.md's "does the recipe transfer?": validation mAP at the best epoch and over the
-last 4, each class's AP at the end, and the first epoch at which each class's AP is above 0.
+last 4, each class's AP at the end, and the first epoch at which each class's AP is above 0; with ``--early N``
+instead, what each class's GTs were taught over the first N steps (means of ``early.py``'s columns).
 
     python results/transfer/summary.py RUN_DIR [RUN_DIR ...]
+    python results/transfer/summary.py --early 36 RUN_DIR [RUN_DIR ...]
 """
 from __future__ import annotations
 
@@ -24,6 +26,23 @@ def summary(run: Path) -> str:
             f"; AP at the end: {per_class}")
 
 
+def early(run: Path, steps: int) -> str:
+    with open(run / "early.csv") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= steps]
+    out = []
+    for c in dict.fromkeys(r["class"] for r in rows):
+        mine = [r for r in rows if r["class"] == c]
+        mean = {k: sum(float(r[k]) for r in mine) / len(mine) for k in ("positives", "mass", "best_iou", "score")}
+        out.append(f"{c}: positives/GT {mean['positives']:.1f}, mass/GT {mean['mass']:.3f}, "
+                   f"best IoU {mean['best_iou']:.3f}, score {mean['score']:.4f}")
+    return f"{run.name}, steps 1-{steps}: " + "; ".join(out)
+
+
 if __name__ == "__main__":
-    for run in sys.argv[1:]:
-        print(summary(Path(run)))
+    args = sys.argv[1:]
+    if args[0] == "--early":
+        for run in args[2:]:
+            print(early(Path(run), int(args[1])))
+    else:
+        for run in args:
+            print(summary(Path(run)))
