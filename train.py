@@ -226,7 +226,7 @@ def validate(model, loader, dtype, class_names: list[str]) -> dict:
 
 def classes_not_learning(row: dict, after_epochs: int = 3) -> list[str]:
     """The classes whose validation AP is still exactly 0 at the end of epoch ``after_epochs`` or later: nothing
-    of theirs is found yet. A rare or small class can stall for epochs while the others learn (RESULTS.md)."""
+    of theirs is found yet. A rare or small class can stall for epochs while the others learn (RESULTS.md section 9)."""
     if row["epoch"] < after_epochs:
         return []
     return [key[len("val_ap_"):] for key, ap in row.items() if key.startswith("val_ap_") and ap == 0]
@@ -375,7 +375,8 @@ def main(argv=None):
               f"{row['loss_box']:.4f})  {train_s:.0f}s  val mAP {row['val_map']}  mAP50 {row['val_map50']}")
         if stalled := classes_not_learning(row):
             print(f"  not learning yet: validation AP 0 for {', '.join(stalled)} after {epoch + 1} epochs "
-                  f"(ap_per_class.png shows each class per epoch)")
+                  f"(ap_per_class.png shows each class per epoch; RESULTS.md section 9: why a small, rare class "
+                  f"starts late)")
         state = training_state(model, ema, optimizer, scaler, gen, epoch, plan.done, plan.total, best_map, rows,
                                run_dir, class_names, args, describe(device, precision))
         save_atomic(state, run_dir / "last.pt")

@@ -161,7 +161,8 @@ def test_persistent_workers_augment_each_epoch_as_the_main_process_does(tiny_dat
     args = train.parse_args(["--batch-size", "4"])
 
     def epochs(workers: int) -> list[list[torch.Tensor]]:
-        loader = train.make_loader(ds, args, torch.device("cpu"), workers, shuffle_with=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        loader = train.make_loader(ds, args, torch.device("cpu"), workers, shuffle_with=gen)
         out = []
         for epoch in range(3):
             loader.sampler.set_epoch(epoch)

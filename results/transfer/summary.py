@@ -21,7 +21,8 @@ def summary(run: Path) -> str:
     first = {c: next((r["epoch"] for r in rows if float(r[f"val_ap_{c}"]) > 0), "never") for c in classes}
     last = {c: float(rows[-1][f"val_ap_{c}"]) for c in classes}
     per_class = ", ".join(f"{c} {last[c]:.3f} (>0 from epoch {first[c]})" for c in classes)
-    return (f"{run.name}: best {maps[best]:.3f} (epoch {rows[best]['epoch']}), last 4 {sum(maps[-4:]) / len(maps[-4:]):.3f}"
+    last4 = sum(maps[-4:]) / len(maps[-4:])
+    return (f"{run.name}: best {maps[best]:.3f} (epoch {rows[best]['epoch']}), last 4 {last4:.3f}"
             f", mAP50 at best {float(rows[best]['val_map50']):.3f}, mAP75 at best {float(rows[best]['val_map75']):.3f}"
             f"; AP at the end: {per_class}")
 
