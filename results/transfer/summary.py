@@ -1,5 +1,5 @@
 """One line per run for RESULTS.md's "does the recipe transfer?": validation mAP at the best epoch and over the
-last 4, each class's AP at the end, and the first epoch at which each class's AP is above 0; with ``--early N``
+last 4, each class's AP at the end, and the first epoch at which each class's AP reaches 0.01; with ``--early N``
 instead, what each class's GTs were taught over the first N steps (means of ``early.py``'s columns).
 
     python results/transfer/summary.py RUN_DIR [RUN_DIR ...]
@@ -18,9 +18,9 @@ def summary(run: Path) -> str:
     maps = [float(r["val_map"]) for r in rows]
     best = max(range(len(maps)), key=maps.__getitem__)
     classes = [k[len("val_ap_"):] for k in rows[0] if k.startswith("val_ap_")]
-    first = {c: next((r["epoch"] for r in rows if float(r[f"val_ap_{c}"]) > 0), "never") for c in classes}
+    first = {c: next((r["epoch"] for r in rows if float(r[f"val_ap_{c}"]) >= 0.01), "never") for c in classes}
     last = {c: float(rows[-1][f"val_ap_{c}"]) for c in classes}
-    per_class = ", ".join(f"{c} {last[c]:.3f} (>0 from epoch {first[c]})" for c in classes)
+    per_class = ", ".join(f"{c} {last[c]:.3f} (>= 0.01 from epoch {first[c]})" for c in classes)
     last4 = sum(maps[-4:]) / len(maps[-4:])
     return (f"{run.name}: best {maps[best]:.3f} (epoch {rows[best]['epoch']}), last 4 {last4:.3f}"
             f", mAP50 at best {float(rows[best]['val_map50']):.3f}, mAP75 at best {float(rows[best]['val_map75']):.3f}"
