@@ -23,7 +23,9 @@ Differences from the paper:
   YOLOv8) and the box is its expectation (GFL, Li et al., NeurIPS 2020, sec. 3.3 "General
   Distribution"), trained with losses.distribution_focal_loss. ``box_bins=0``
   (``train.py --box-bins 0``) predicts one distance per side instead, ``softplus(x) * stride``
-  (positive by construction), as FCOS does with exp.
+  (positive by construction), as FCOS does with exp. The distributions start uniform, as YOLOv8's
+  (every first box 15 strides wide); ``box_prior=m`` (``train.py --box-prior``) starts them at m strides
+  per side instead, which a small, rare class learns from sooner (RESULTS.md section 9).
 - Width 64, not the paper's 256: on a CPU a 256-channel head at stride 8 costs more
   than the whole backbone. The branch convs are the paper's plain 3x3 convs;
   ``depthwise=True`` (``train.py --head-conv depthwise``, YOLOX-Nano's setting) makes them
