@@ -344,8 +344,10 @@ def main(argv=None):
     while plan.done < plan.total:
         t0 = time.time()
         assigner = assigner_for_epoch(epoch, args)
-        if aug_for_epoch(epoch, plan.epochs, args) != level:  # the first epoch, and when mosaic closes
-            level = aug, train_ds.copy_paste = aug_for_epoch(epoch, plan.epochs, args)
+        wanted = aug_for_epoch(epoch, plan.epochs, args)  # (augmentation level, copy-paste donors)
+        if wanted != level:  # the first epoch, and when mosaic closes
+            level = wanted
+            aug, train_ds.copy_paste = level
             train_ds.transform = build_transforms(args.img_size, True, mean, std, aug, args.jitter)
             # persistent workers keep the dataset they started with: new ones see the new transform
             train_loader = make_loader(train_ds, args, device, workers, shuffle_with=gen)

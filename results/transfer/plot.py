@@ -31,14 +31,15 @@ def main(out: str, runs: list[str]):
                              squeeze=False)
     for col, (label, run) in enumerate(labelled):
         run = Path(run)
-        metrics = [r for r in read(run / "metrics.csv") if r["val_map"] != ""]
-        step = [sum(int(m["steps"]) for m in read(run / "metrics.csv")[: int(r["epoch"])]) for r in metrics]
+        rows = read(run / "metrics.csv")
+        metrics = [r for r in rows if r["val_map"] != ""]
+        step = [sum(int(m["steps"]) for m in rows[: int(r["epoch"])]) for r in metrics]  # steps done by then
         for key in metrics[0]:
             if key.startswith("val_ap_"):
                 axes[0, col].plot(step, [float(r[key]) for r in metrics], marker="o", label=key[len("val_ap_"):])
         axes[0, col].set_title(label)
         if (run / "early.csv").exists():  # the mean over each epoch's steps, at the epoch's last step
-            per_epoch = int(read(run / "metrics.csv")[0]["steps"])
+            per_epoch = int(rows[0]["steps"])
             sums = defaultdict(lambda: defaultdict(list))                        # class -> epoch -> masses
             for r in read(run / "early.csv"):
                 sums[r["class"]][(int(r["step"]) - 1) // per_epoch].append(float(r["mass"]))
