@@ -112,9 +112,12 @@ def test_train_prints_the_device_first(tmp_path, capsys, monkeypatch):
 def test_loader_workers_only_where_they_are_cheap(monkeypatch):
     monkeypatch.setattr(dev.multiprocessing, "get_start_method", lambda allow_none=False: "fork")
     assert dev.default_workers(torch.device("cpu")) == 0 and dev.default_workers(torch.device("mps")) == 0
-    assert dev.default_workers(torch.device("cuda:0")) >= 1
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 16)  # a GPU box: 8 workers feed an H200 at 416 px
+    assert dev.default_workers(torch.device("cuda:0")) == 8
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 2)   # a free Colab T4: as many workers as cores
+    assert dev.default_workers(torch.device("cuda:0")) == 2
     monkeypatch.setattr(dev.multiprocessing, "get_start_method", lambda allow_none=False: "spawn")  # macOS, Windows
-    assert dev.default_workers(torch.device("cuda:0")) == 0, "spawned workers re-copy the image cache every epoch"
+    assert dev.default_workers(torch.device("cuda:0")) == 0, "spawned workers each receive a copy of the image cache"
 
 
 def test_batches_copy_asynchronously_only_from_pinned_memory(monkeypatch):
