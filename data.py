@@ -143,13 +143,14 @@ def decode_image(rec: Record) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- augmentation
-def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic", jitter: str = "light") -> A.Compose:
-    """albumentations pipeline: (H,W,3) uint8 + xyxy boxes -> (3,S,S) float normalised + boxes.
+def build_transforms(img_size: int, train: bool, aug: str = "basic", jitter: str = "light") -> A.Compose:
+    """albumentations pipeline: (H,W,3) uint8 + xyxy boxes -> (3,S,S) uint8 pixels + boxes.
 
-    Test (``train=False``) or ``aug="none"``: letterbox (resize longest side, pad to a square) + normalise.
+    Test (``train=False``) or ``aug="none"``: letterbox (resize longest side, pad to a square).
     ``"basic"`` adds flip, colour and scale/translate jitter (``jitter="yolov8"``: YOLOv8's stronger one,
     tools/augment.py); ``"strong"`` puts a 4-image Mosaic in front (the dataset hands it 3 donor images).
-    ``mean``/``std`` must be the backbone's pretrained ones."""
+    No normalisation: the images stay uint8 until the model's device, where ``Backbone.forward`` normalises
+    them (a quarter of the bytes through the workers and the host-to-GPU copy)."""
     if aug not in AUG_LEVELS:
         raise ValueError(f"aug must be one of {AUG_LEVELS}, got {aug!r}")
     letterbox = [A.LongestMaxSize(max_size=img_size),
@@ -170,7 +171,7 @@ def build_transforms(img_size: int, train: bool, mean, std, aug: str = "basic", 
             A.RandomBrightnessContrast(p=0.3),
         ]
     return A.Compose(
-        before + letterbox + after + [A.Normalize(mean=mean, std=std), ToTensorV2()],
+        before + letterbox + after + [ToTensorV2()],  # (H,W,3) -> (3,H,W), still uint8
         # clip: boxes pushed past the border by Affine are cut to the image;
         # min_visibility: a box less than 30% visible after that is dropped (with its label).
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
@@ -292,7 +293,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def collate(batch):
-    """List of (image, target) -> images (B,3,S,S), list of B target dicts."""
+    """List of (image, target) -> images (B,3,S,S) uint8, list of B target dicts."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
 

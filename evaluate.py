@@ -197,7 +197,7 @@ def to_coco_json(detections: list[dict]) -> list[dict]:
 def detect_image(model, rgb: np.ndarray, img_size: int, **detect_kwargs) -> dict:
     """One image file's pixels (H, W, 3) uint8 -> detections in those pixels: letterbox, ``detect``, and
     ``data.boxes_to_image`` back, as ``evaluate`` does for a dataset."""
-    tf = build_transforms(img_size, train=False, mean=model.backbone.mean, std=model.backbone.std)
+    tf = build_transforms(img_size, train=False)
     x = tf(image=rgb, bboxes=np.zeros((0, 4), np.float32), labels=[])["image"][None]    # (1, 3, S, S)
     x = x.to(next(model.parameters()).device, memory_format=torch.channels_last)
     det = {k: v.cpu() for k, v in detect(model, x, **detect_kwargs)[0].items()}
@@ -227,7 +227,7 @@ def main(argv=None):
         if len(data_names := load_class_names(root)) != len(names):
             raise CheckpointError(f"the checkpoint was trained for {len(names)} classes {names}, the dataset at "
                                   f"{root} has {len(data_names)} {data_names}")
-        tf = build_transforms(size, train=False, mean=model.backbone.mean, std=model.backbone.std)
+        tf = build_transforms(size, train=False)
         ds = DetectionDataset(root, args.split, tf, class_names=names)
     except (CheckpointError, DataError, DeviceError) as e:
         sys.exit(f"error: {e}")

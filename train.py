@@ -129,13 +129,13 @@ def aug_for_epoch(epoch: int, total_epochs: int, args) -> tuple[str, int]:
 
 
 def batch_to(device, images, targets, scale_frac: float):
-    """A loader batch on ``device``: images (B, 3, S, S) in channels_last (NHWC, the layout oneDNN's and
-    cuDNN's fast conv kernels want) and the padded GT (B, M, ...); with ``--multi-scale`` resized to a
-    random side (tools/augment.py). ``non_blocking`` only on CUDA, whose loader pins its memory: the copy then
+    """A loader batch on ``device``: uint8 images (B, 3, S, S) copied as they are (a quarter of float's bytes),
+    then float 0..255 pixels there, in channels_last (NHWC, the layout oneDNN's and cuDNN's fast conv kernels
+    want), and the padded GT (B, M, ...); with ``--multi-scale`` resized to a random side (tools/augment.py). ``non_blocking`` only on CUDA, whose loader pins its memory: the copy then
     overlaps the work still running there. From unpinned memory (MPS) an asynchronous copy may read a
     tensor already freed."""
     pinned = device.type == "cuda"
-    images = images.to(device, memory_format=torch.channels_last, non_blocking=pinned)
+    images = images.to(device, memory_format=torch.channels_last, non_blocking=pinned).float()  # (B,3,S,S) pixels
     gt_boxes, gt_labels, gt_mask = (t.to(device, non_blocking=pinned) for t in pad_targets(targets))
     images, gt_boxes = multi_scale(images, gt_boxes, scale_frac)
     return images, gt_boxes, gt_labels, gt_mask
@@ -194,11 +194,11 @@ def train_one_epoch(model, loader, assigner, criterion, update: Update, plan: Pl
 
 
 # --------------------------------------------------------------------------- the run around the loop
-def make_split(root, name: str, class_names: list[str], args, mean, std) -> DetectionDataset:
+def make_split(root, name: str, class_names: list[str], args) -> DetectionDataset:
     """One split of the dataset: the training split augmented (``--aug``, ``--jitter``, ``--copy-paste``),
-    validation and test only letterboxed. ``mean``/``std``: the backbone's pretrained normalisation."""
+    validation and test only letterboxed."""
     train = name == "train"
-    transform = build_transforms(args.img_size, train, mean, std, args.aug if train else "none", args.jitter)
+    transform = build_transforms(args.img_size, train, args.aug if train else "none", args.jitter)
     return DetectionDataset(root, name, transform, class_names, seed=args.seed, strict=args.strict,
                             cache=args.cache, copy_paste=args.copy_paste if train else 0)
 
@@ -300,10 +300,9 @@ def main(argv=None):
                          box_bins=args.box_bins, strides=args.strides, box_prior=args.box_prior)
         model = model.to(device, memory_format=torch.channels_last)
         depthwise_in_fp32(model, enabled=device.type == "cpu")  # oneDNN's bf16 depthwise backward is slow
-        mean, std = model.backbone.mean, model.backbone.std
-        train_ds = make_split(root, "train", class_names, args, mean, std)
-        val_ds = make_split(root, "validation", class_names, args, mean, std)
-        test_ds = make_split(root, "test", class_names, args, mean, std)
+        train_ds = make_split(root, "train", class_names, args)
+        val_ds = make_split(root, "validation", class_names, args)
+        test_ds = make_split(root, "test", class_names, args)
     except DataError as e:
         sys.exit(f"data error: {e}")
     print(f"[train] classes {class_names}; {len(train_ds)} / {len(val_ds)} / {len(test_ds)} train / val / "
@@ -348,7 +347,7 @@ def main(argv=None):
         if wanted != level:  # the first epoch, and when mosaic closes
             level = wanted
             aug, train_ds.copy_paste = level
-            train_ds.transform = build_transforms(args.img_size, True, mean, std, aug, args.jitter)
+            train_ds.transform = build_transforms(args.img_size, True, aug, args.jitter)
             # persistent workers keep the dataset they started with: new ones see the new transform
             train_loader = make_loader(train_ds, args, device, workers, shuffle_with=gen)
         train_loader.sampler.set_epoch(epoch)

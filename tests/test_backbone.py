@@ -54,6 +54,22 @@ def test_inputs_are_normalised_as_the_weights_expect(lite0):
     assert resnet.mean == tuple(resnet.body.pretrained_cfg["mean"])
 
 
+def test_forward_takes_pixels_and_normalises_them(lite0):
+    """The loader hands uint8 pixels 0..255; ``Backbone.forward`` scales them to 0..1 and normalises with the
+    weights' mean/std before the first conv: here (x / 255 - 0.5) / 0.5, computed by hand."""
+    pixels = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = (pixels.float() / 255 - 0.5) / 0.5                                    # (1, 3, 64, 64) in [-1, 1]
+    lite0.eval()
+    with torch.no_grad():
+        want = [f for i, f in enumerate(lite0.body(x)) if i in lite0.keep]
+        got = lite0(pixels)
+    lite0.train()  # the module-scoped fixture goes back as it came
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4, msg=lambda m: (  # float rounding of the two orders
+            "Backbone(uint8 pixels) must equal the body on (pixels / 255 - mean) / std: scale to 0..1 first, then "
+            "the weights' own mean and std\n" + m))
+
+
 def test_backbone_stride_4_level_adds_c2():
     bb = Backbone("tf_efficientnet_lite0", pretrained=False, strides=(4, 8, 16, 32))
     assert bb.channels == [24, 40, 112, 320] and bb.strides == [4, 8, 16, 32]

@@ -14,7 +14,6 @@ from data import boxes_to_image, dataset_image_size
 from tools.checks import image_header_size
 from conftest import CARD, encode_jpeg, make_dataset, make_row, synthetic_image, write_split
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 def test_class_names_from_card_drop_placeholder(tiny_dataset):
@@ -38,18 +37,19 @@ def test_boxes_are_xyxy_and_labels_zero_based(tmp_path):
 
 
 def test_dataset_item_matches_parquet_without_augmentation(tiny_dataset):
-    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(128, False, MEAN, STD))
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(128, False))
     recs = data.read_split(tiny_dataset, "validation", 2)
     image, target = ds[5]
-    assert image.shape == (3, 128, 128) and image.dtype == torch.float32
+    # uint8 pixels, exactly the decoded image: the backbone normalises on the model's device.
+    assert image.shape == (3, 128, 128) and image.dtype == torch.uint8, (
+        f"the dataset hands out uint8 (3, S, S) pixels, got {image.dtype} {tuple(image.shape)}")
+    assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(data.decode_image(recs[5])))
     np.testing.assert_allclose(target["boxes"].numpy(), recs[5].boxes, atol=1e-4)
     assert target["labels"].tolist() == recs[5].labels.tolist()
-    # Normalised with the backbone's mean/std: a mid-grey pixel of 127.5 would be 0.
-    assert -1.01 <= image.min() and image.max() <= 1.01
 
 
 def test_letterbox_scales_boxes(tiny_dataset):
-    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, MEAN, STD))
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False))
     recs = data.read_split(tiny_dataset, "validation", 2)
     _, target = ds[3]
     assert np.allclose(target["boxes"].numpy(), recs[3].boxes / 2, atol=1e-3), (
@@ -58,7 +58,7 @@ def test_letterbox_scales_boxes(tiny_dataset):
 
 
 def test_train_augmentations_keep_boxes_inside(tiny_dataset):
-    ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(96, True, MEAN, STD))
+    ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(96, True))
     for epoch in range(3):  # the dataset seeds each item's augmentation by (seed, epoch, index)
         for i in range(len(ds)):
             image, t = ds[epoch, i]
@@ -70,11 +70,11 @@ def test_train_augmentations_keep_boxes_inside(tiny_dataset):
 
 
 def _jittered(jitter, image, boxes, seed):
-    """One basic-aug training transform (no normalisation) at a given seed -> (image (S,S,3) 0..255, boxes)."""
-    tf = data.build_transforms(416, True, (0, 0, 0), (1, 1, 1), "basic", jitter)
+    """One basic-aug training transform at a given seed -> (image (S,S,3) 0..255, boxes)."""
+    tf = data.build_transforms(416, True, "basic", jitter)
     tf.set_random_state(np.random.default_rng(seed), random.Random(seed))
     out = tf(image=image, bboxes=boxes, labels=np.zeros(len(boxes), np.int64))
-    return (out["image"].permute(1, 2, 0).numpy() * 255).round(), np.asarray(out["bboxes"])
+    return out["image"].permute(1, 2, 0).numpy().astype(float), np.asarray(out["bboxes"])
 
 
 def test_yolov8_jitter_scales_x_and_y_alike_on_every_image():
@@ -109,7 +109,7 @@ def test_yolov8_jitter_colour_gains_are_multiplicative_and_hue_moves_little():
 
 
 def test_image_without_objects_is_a_valid_sample(tiny_dataset):
-    ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(64, True, MEAN, STD))
+    ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(64, True))
     image, target = ds[0]  # the fixture makes the first two images empty
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
 
@@ -196,7 +196,7 @@ def test_bad_rows_default_warn_and_repair(tmp_path, kind, capsys):
     err = capsys.readouterr().err
     assert message in err and "1 problem(s)" in err
     # The loader then serves the row without crashing.
-    ds = data.DetectionDataset(root, "train", data.build_transforms(64, True, MEAN, STD), ["a", "b"])
+    ds = data.DetectionDataset(root, "train", data.build_transforms(64, True), ["a", "b"])
     assert ds[1][1]["boxes"].shape == (left, 4)
     # tools/datacheck.py lists it and fails only when data had to be thrown away.
     with pytest.raises(SystemExit) if fatal else _no_exit():
@@ -225,7 +225,7 @@ def test_truncated_image_is_dropped_when_decoded(tmp_path, capsys):
     broken = good_jpeg()[:1000]  # a valid header, a cut-off body: only decoding finds out
     assert image_header_size(broken) == (64, 64)
     root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
-    tf = data.build_transforms(64, False, MEAN, STD)
+    tf = data.build_transforms(64, False)
     ds = data.DetectionDataset(root, "train", tf, ["a", "b"])  # decodes up front (cache): dropped, said so
     assert [r.image_id for r in ds.records] == [0] and "image skipped" in capsys.readouterr().err
     with pytest.raises(data.DataError, match="row 1"):
@@ -238,7 +238,7 @@ def test_truncated_image_is_dropped_when_decoded(tmp_path, capsys):
 def test_cache_gives_the_same_items_and_drops_broken_images(tmp_path, capsys):
     broken = good_jpeg()[:1000]
     root = write_rows_with(tmp_path, make_row(1, broken, 64, [[1, 1, 5, 5]], [1]))
-    tf = data.build_transforms(64, True, MEAN, STD)
+    tf = data.build_transforms(64, True)
     cached = data.DetectionDataset(root, "train", tf, ["a", "b"])
     assert len(cached) == 1 and "image skipped" in capsys.readouterr().err
     plain = data.DetectionDataset(root, "train", tf, ["a", "b"], cache=False)
@@ -330,7 +330,7 @@ def test_paste_objects_never_hides_a_labelled_box():
 
 
 def test_dataset_copy_paste_adds_objects_repeatably(tiny_dataset):
-    tf = data.build_transforms(128, False, MEAN, STD)  # no other augmentation: boxes only letterboxed
+    tf = data.build_transforms(128, False)  # no other augmentation: boxes only letterboxed
     plain = data.DetectionDataset(tiny_dataset, "train", tf)
     pasted = data.DetectionDataset(tiny_dataset, "train", tf, copy_paste=2)
     n_plain = [len(plain[i][1]["labels"]) for i in range(len(plain))]
@@ -345,7 +345,7 @@ def test_dataset_copy_paste_adds_objects_repeatably(tiny_dataset):
 def test_boxes_to_image_undoes_albumentations_letterbox(height, width, size):
     boxes = np.array([[3.0, 5.0, width - 10.0, height - 4.0], [10.5, 2.25, 20.75, 30.0]], np.float32)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    out = data.build_transforms(size, False, MEAN, STD)(image=np.zeros((height, width, 3), np.uint8), bboxes=boxes,
+    out = data.build_transforms(size, False)(image=np.zeros((height, width, 3), np.uint8), bboxes=boxes,
                                                    labels=[0, 1])
     assert out["image"].shape[-2:] == (size, size)
     back = boxes_to_image(torch.as_tensor(np.asarray(out["bboxes"], np.float32)), (height, width), size)
@@ -364,7 +364,7 @@ def test_augmentation_is_a_function_of_seed_epoch_and_image(tiny_dataset):
     """Item i of epoch e is augmented from generators seeded by (seed, e, i): the same in every run, every
     worker and after a resume, and different from one epoch to the next."""
     def build():
-        return data.DetectionDataset(tiny_dataset, "train", data.build_transforms(128, True, MEAN, STD, "strong"),
+        return data.DetectionDataset(tiny_dataset, "train", data.build_transforms(128, True, "strong"),
                                      seed=5, copy_paste=1)
 
     first, again = build(), build()  # a second run (or a resumed one, or another worker)

@@ -5,7 +5,6 @@ localisation readings of tools/metrics.py and tools/diagnose.py."""
 import json
 import math
 from collections import Counter
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -218,7 +217,7 @@ def test_level_counts_cover_every_gt(tiny_dataset):
     names = ["box-red", "box-blue"]
     # A 256 px network frame for 128 px images: each box's area grows 4x, so sizes taken in the network frame
     # would move some GTs up a COCO size; the counts must use the image's own pixels, as COCO does.
-    ds = DetectionDataset(tiny_dataset, "validation", build_transforms(256, False, (0.5,) * 3, (0.5,) * 3))
+    ds = DetectionDataset(tiny_dataset, "validation", build_transforms(256, False))
     expected = Counter((names[label], size_name(torch.from_numpy(box)))
                        for r in ds.records for box, label in zip(r.boxes, r.labels))
     doubled = Counter((names[label], size_name(torch.from_numpy(box) * 2))
@@ -232,15 +231,14 @@ def test_level_counts_cover_every_gt(tiny_dataset):
         assert sum(survivors[key].values()) <= n  # at most one matched survivor per GT
 
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Two non-square frame sizes (W, H); at 64 px both letterboxes round a side (42.67 -> 43, 38.4 -> 38).
 FRAMES = [(96, 64), (48, 80)]
 
 
 def grey_of(image: torch.Tensor) -> int:
-    """The background grey level of a normalised (3, S, S) network input, read at its top-left pixel
+    """The background grey level of a (3, S, S) network input, read at its top-left pixel
     (the letterbox pads bottom/right, so that pixel is always the image's own)."""
-    return round(float(image[0, 0, 0] * STD[0] + MEAN[0]) * 255)
+    return int(image[0, 0, 0])
 
 
 def parquet_dataset(root, n_images: int = 6):
@@ -274,7 +272,6 @@ class Oracle(torch.nn.Module):
 
     def __init__(self, dataset, num_classes: int = 2, shift: float = 0.0):
         super().__init__()
-        self.backbone = SimpleNamespace(mean=MEAN, std=STD)
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
         self.num_classes, self.truth = num_classes, {}
         for i in range(len(dataset)):
@@ -304,7 +301,7 @@ def frames(tmp_path_factory):
 def run_evaluate(frames, tmp_path, monkeypatch, shift: float, name: str):
     """evaluate.py's CLI on the test split at a non-native 64 px with the oracle as the checkpoint's model.
     -> (printed/saved mAP, pycocotools' mAP on the --save-json output)."""
-    ds = DetectionDataset(frames, "test", build_transforms(64, False, MEAN, STD))
+    ds = DetectionDataset(frames, "test", build_transforms(64, False))
     oracle = Oracle(ds, shift=shift)
     monkeypatch.setattr(evaluate, "model_from_checkpoint", lambda *a, **k: oracle)
     ckpt = tmp_path / "oracle.pt"
@@ -342,12 +339,11 @@ class RedFinder(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.backbone = SimpleNamespace(mean=MEAN, std=STD)
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, images):
-        rgb = images[0] * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]   # (3, S, S)
-        ys, xs = torch.nonzero((rgb[0] > 0.6) & (rgb[1] < 0.35), as_tuple=True)
+        rgb = images[0].float()                                                  # (3, S, S) pixels 0..255
+        ys, xs = torch.nonzero((rgb[0] > 153) & (rgb[1] < 89), as_tuple=True)
         box = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
         return torch.tensor([[[10.0]]]), box[None, None]
 

@@ -20,11 +20,11 @@ from tools.plots import (plot_anchor_points, plot_assignment, plot_augmentations
 def scene():
     torch.manual_seed(0)
     model = Detector(2, pretrained=False).eval()
-    image = torch.rand(1, 3, 64, 64)
+    image = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)                 # pixels, as a dataset gives
     with torch.no_grad():
         cls_logits, boxes, points, *_ = model(image)
     gt = torch.tensor([[8.0, 8.0, 40.0, 40.0], [30.0, 30.0, 34.0, 35.0]])
-    return model, image, cls_logits, boxes, points, gt, (image[0].permute(1, 2, 0) * 255).byte().numpy()
+    return model, image, cls_logits, boxes, points, gt, image[0].permute(1, 2, 0).numpy()
 
 
 def rendered(fig):

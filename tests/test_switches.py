@@ -50,13 +50,12 @@ def test_time_flag_stops_within_budget(tmp_path, monkeypatch):
 def test_mosaic_boxes_inside_and_labels_follow_their_boxes(tmp_path):
     # One rectangle per source image, so a box's centre pixel always shows its own class colour.
     root = make_dataset(tmp_path, sizes={"train": 12, "validation": 1, "test": 1}, image_size=96, max_boxes=1)
-    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    ds = data.DetectionDataset(root, "train", data.build_transforms(96, True, mean, std, "strong"))
+    ds = data.DetectionDataset(root, "train", data.build_transforms(96, True, "strong"))
     seen = 0
     for epoch in range(3):
         for i in range(len(ds)):
             image, t = ds[epoch, i]
-            img = to_uint8_image(image, mean, std).astype(int)
+            img = to_uint8_image(image).astype(int)
             for box, label in zip(t["boxes"].tolist(), t["labels"].tolist()):
                 x1, y1, x2, y2 = box
                 assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
@@ -124,9 +123,9 @@ def test_multi_scale_flag_trains_at_several_sides(tmp_path, monkeypatch):
 def test_jitter_flag_reaches_every_epoch_and_outlasts_mosaic(tmp_path, monkeypatch):
     built = []
     real = train.build_transforms
-    def spy(size, is_train, mean, std, aug="basic", jitter="light"):
+    def spy(size, is_train, aug="basic", jitter="light"):
         built.append((is_train, aug, jitter))
-        return real(size, is_train, mean, std, aug, jitter)
+        return real(size, is_train, aug, jitter)
     monkeypatch.setattr(train, "build_transforms", spy)
     root = make_dataset(tmp_path / "d", sizes={"train": 8, "validation": 2, "test": 2}, image_size=64)
     train.main(["--data", str(root), "--out", str(tmp_path), "--name", "j", "--workers", "0", "--epochs", "2",

@@ -142,7 +142,7 @@ def test_lr_warms_up_then_decays():
 
 
 def test_the_training_loader_shuffles_and_the_others_do_not(tiny_dataset):
-    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False))
     args = train.parse_args(["--batch-size", "4"])
     order = lambda loader: [t["image_id"] for _, targets in loader for t in targets]  # noqa: E731
     shuffled = order(train.make_loader(ds, args, torch.device("cpu"), 0, shuffle_with=torch.Generator().manual_seed(0)))
@@ -156,7 +156,7 @@ def test_persistent_workers_augment_each_epoch_as_the_main_process_does(tiny_dat
     reaches them with each index (``data.EpochSampler``), so 2 workers give the batches the main process gives,
     epoch after epoch (workers prefetch past an epoch's end: the order must not depend on it), and epoch 2 is
     augmented anew."""
-    ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(64, True, (0.5,) * 3, (0.5,) * 3),
+    ds = data.DetectionDataset(tiny_dataset, "train", data.build_transforms(64, True),
                                seed=3)
     args = train.parse_args(["--batch-size", "4"])
 
@@ -184,7 +184,7 @@ def test_each_step_uses_only_its_own_batchs_gradients(tiny_dataset):
     torch.manual_seed(0)
     args = train.parse_args(["--batch-size", "4", "--img-size", "64"])
     model = Detector(2, pretrained=False)
-    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False))
     loader = torch.utils.data.DataLoader(ds, 4, collate_fn=data.collate)   # 4 batches; the plan stops after 2
     batches = list(itertools.islice(loader, 2))
     seen = []
@@ -244,7 +244,7 @@ def test_steps_the_fp16_scaler_skips_are_counted_and_leave_the_ema_alone(tiny_da
     torch.manual_seed(0)
     args = train.parse_args(["--batch-size", "4", "--img-size", "64"])
     model = Detector(2, pretrained=False)
-    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False))
     loader = torch.utils.data.DataLoader(ds, 4, collate_fn=data.collate)
     ema = train.ModelEmaV3(model, decay=0.5)
     before = {k: v.clone() for k, v in ema.module.state_dict().items()}
@@ -264,7 +264,7 @@ def test_the_gradient_clip_sees_the_true_gradients_under_fp16(tiny_dataset, monk
     norms, real = [], torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, **kw: norms.append(real(params, **kw)))
     args = train.parse_args(["--batch-size", "4", "--img-size", "64"])
-    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False, (0.5,) * 3, (0.5,) * 3))
+    ds = data.DetectionDataset(tiny_dataset, "validation", data.build_transforms(64, False))
     loader = torch.utils.data.DataLoader(ds, 4, collate_fn=data.collate)
     for enabled in (False, True):
         torch.manual_seed(0)

@@ -118,11 +118,10 @@ def bench_size(size: int, args, root, names, device, train_dtype, infer_dtype) -
     else:
         model = Detector(len(names)).to(device, memory_format=torch.channels_last)
     depthwise_in_fp32(model, args.fp32_depthwise)
-    mean, std = model.backbone.mean, model.backbone.std
-    # One real batch for the timed steps (not cached: decoding the whole split is for the loader below).
-    train_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "basic"), names, cache=False)
+    # The training split as train.py builds it: images decoded once (--cache), mosaic + jitter (--aug strong)
+    train_ds = DetectionDataset(root, "train", build_transforms(size, True, "strong"), names)
     b = args.batch_size
-    images, targets = collate([train_ds[i] for i in range(b)])  # one real batch, kept in memory
+    images, targets = collate([train_ds[i] for i in range(b)])  # one real batch for the timed steps, kept
     images = images.to(device, memory_format=torch.channels_last)
     gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
 
@@ -134,10 +133,9 @@ def bench_size(size: int, args, root, names, device, train_dtype, infer_dtype) -
                           args.repeats, args.warmup)
     r |= {name: seconds / b for name, seconds in both.items()}
 
-    # 3. the training loader alone, as train.py builds it: images decoded once (--cache), mosaic + jitter
-    #    (--aug strong), --workers persistent workers; a first, untimed pass starts the workers
-    loop_ds = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "strong"), names)
-    loader = make_loader(loop_ds, args, device, args.workers, shuffle_with=torch.Generator().manual_seed(0))
+    # 3. the training loader alone, as train.py builds it: that dataset, --workers persistent workers; a first,
+    #    untimed pass starts the workers
+    loader = make_loader(train_ds, args, device, args.workers, shuffle_with=torch.Generator().manual_seed(0))
     steps = min(args.loop_steps, len(loader))
 
     def load():

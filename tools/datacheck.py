@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 
 from data import AUG_LEVELS, SPLITS, DetectionDataset, build_transforms, dataset_image_size, letterbox_size, scan_split
@@ -102,13 +101,12 @@ def main(argv=None):
         root = resolve_data_root(args.data)
         names = load_class_names(root)
         if args.show_aug:
-            cfg = timm.get_pretrained_cfg("tf_efficientnet_lite0")  # the default backbone's normalisation
             size = args.img_size or dataset_image_size(root)
-            ds = DetectionDataset(root, "train", build_transforms(size, True, cfg.mean, cfg.std, args.aug), names,
+            ds = DetectionDataset(root, "train", build_transforms(size, True, args.aug), names,
                                   seed=args.seed, copy_paste=args.copy_paste)
             picks = np.random.default_rng(args.seed).choice(len(ds), min(args.show_aug, len(ds)), replace=False)
             samples = [ds[int(i)] for i in picks]
-            fig = plot_augmentations([to_uint8_image(img, cfg.mean, cfg.std) for img, _ in samples],
+            fig = plot_augmentations([to_uint8_image(img) for img, _ in samples],
                                      [t for _, t in samples], names)
             save(fig, args.out, dpi=80)
             print(f"wrote {args.out} ({len(samples)} samples, aug={args.aug}, {size} px)")

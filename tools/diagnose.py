@@ -125,7 +125,7 @@ def main(argv=None):
     model, names = model_from_checkpoint(ckpt), ckpt["class_names"]
     size = ckpt["train_args"]["img_size"]
     ds = DetectionDataset(resolve_data_root(args.data), args.split,
-                          build_transforms(size, False, model.backbone.mean, model.backbone.std), names)
+                          build_transforms(size, False), names)
     loader = torch.utils.data.DataLoader(ds, 8, collate_fn=collate)
     _, dets = evaluate(model, loader)
     rows = side_errors(dets, args.min_score)

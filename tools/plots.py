@@ -26,10 +26,9 @@ def save(fig, path, dpi: int = 100) -> None:
     plt.close(fig)
 
 
-def to_uint8_image(image: torch.Tensor, mean, std) -> np.ndarray:
-    """Undo ``Normalize``: (3,H,W) float -> (H,W,3) uint8 RGB, for drawing."""
-    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
-    return ((image.float().cpu() * s + m).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+def to_uint8_image(image: torch.Tensor) -> np.ndarray:
+    """A dataset's image (3,H,W) uint8 -> (H,W,3) uint8 RGB, for drawing."""
+    return image.cpu().permute(1, 2, 0).numpy()
 
 
 def draw_boxes(ax, boxes, labels, class_names, scores=None, linestyle="-", colors=None, tags=True) -> None:

@@ -99,10 +99,9 @@ def main(argv=None):
         if len(load_class_names(root)) != len(names):
             raise CheckpointError(f"the checkpoint's classes {names} do not match the dataset at {root}")
         size = ckpt["train_args"]["img_size"]
-        mean, std = trained.backbone.mean, trained.backbone.std
-        val = DetectionDataset(root, "validation", build_transforms(size, False, mean, std), names)
-        test = DetectionDataset(root, "test", build_transforms(size, False, mean, std), names)
-        train = DetectionDataset(root, "train", build_transforms(size, True, mean, std, "strong"), names,
+        val = DetectionDataset(root, "validation", build_transforms(size, False), names)
+        test = DetectionDataset(root, "test", build_transforms(size, False), names)
+        train = DetectionDataset(root, "train", build_transforms(size, True, "strong"), names,
                                  seed=args.seed)
     except (CheckpointError, DataError, DeviceError) as e:
         sys.exit(f"error: {e}")
@@ -126,7 +125,7 @@ def main(argv=None):
     # so the assigners really have to choose (small boxes hold fewer points than k: all become positives).
     biggest = int(np.argmax([largest_area(r.boxes) for r in val.records]))
     image, target = val[biggest]
-    picture = to_uint8_image(image, mean, std)
+    picture = to_uint8_image(image)
     feats_shapes = [(size // s, size // s) for s in trained.strides]
     points, strides = make_anchor_points(feats_shapes, trained.strides)
     save_png(plot_anchor_points(picture, points, strides, target["boxes"]), "anchors")
@@ -150,25 +149,25 @@ def main(argv=None):
     result, points = assignments(models, image, target, tal)
     w, h = (target["boxes"][m, 2:] - target["boxes"][m, :2]).tolist()
     note = "has anchor points inside" if inside else "no anchor point inside; it still gets its nearest point"
-    save_png(plot_assignment(to_uint8_image(image, mean, std), points, result["assign_tal_trained"], target["boxes"],
+    save_png(plot_assignment(to_uint8_image(image), points, result["assign_tal_trained"], target["boxes"],
                          f"GT {m}: {w:.0f}x{h:.0f} px, {note}", zoom_to=m), "tiny_gt")
 
     picks = np.random.default_rng(args.seed).choice(len(train), 8, replace=False)
     samples = [train[int(i)] for i in picks]
-    save_png(plot_augmentations([to_uint8_image(x, mean, std) for x, _ in samples], [t for _, t in samples], names),
+    save_png(plot_augmentations([to_uint8_image(x) for x, _ in samples], [t for _, t in samples], names),
          "augment")
 
     images, targets = collate([test[i] for i in range(min(args.num, len(test)))])
     with torch.no_grad():
         cls_logits, boxes, *_ = trained(images.to(device, memory_format=torch.channels_last))
     preds = postprocess(cls_logits.cpu(), boxes.cpu())
-    save_png(plot_predictions([to_uint8_image(x, mean, std) for x in images], preds, names, targets), "predictions")
+    save_png(plot_predictions([to_uint8_image(x) for x in images], preds, names, targets), "predictions")
 
     # Score maps of the test image the trained model is most sure about (its best score, summed over classes).
     confidence = [outputs(trained, test[i][0][None])[0][0].amax(0).sum().item() for i in range(len(test))]
     image, _ = test[int(np.argmax(confidence))]
     scores, *_ = outputs(trained, image[None])
-    save_png(plot_score_maps(to_uint8_image(image, mean, std), scores[0], feats_shapes, names, trained.strides),
+    save_png(plot_score_maps(to_uint8_image(image), scores[0], feats_shapes, names, trained.strides),
          "score_maps")
 
 

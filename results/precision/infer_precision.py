@@ -22,7 +22,7 @@ from tools.sources import resolve_data_root  # noqa: E402
 model, ckpt = load_checkpoint("weights/detector.pt")
 size = ckpt["train_args"]["img_size"]
 ds = DetectionDataset(resolve_data_root(None), "validation",
-                      build_transforms(size, False, model.backbone.mean, model.backbone.std), ckpt["class_names"])
+                      build_transforms(size, False), ckpt["class_names"])
 loader = torch.utils.data.DataLoader(ds, 8, collate_fn=collate)
 out = {}
 with torch.no_grad():  # fp32 boxes of the anchors that detect something (class score >= 0.3)

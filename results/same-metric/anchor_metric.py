@@ -50,7 +50,7 @@ def main():
     model = model_from_checkpoint(ckpt)
     size = ckpt["train_args"]["img_size"]
     ds = DetectionDataset(resolve_data_root(args.data), args.split,
-                          build_transforms(size, False, model.backbone.mean, model.backbone.std), ckpt["class_names"])
+                          build_transforms(size, False), ckpt["class_names"])
     loader = torch.utils.data.DataLoader(ds, 8, collate_fn=collate)
     print(f"{args.checkpoint}, {args.split} ({len(ds)} images), {size} px")
     print(f"{'NMS IoU, max det':<18}{'COCO mAP / mAP50 / mAP75':>28}{'ultralytics mAP / mAP50 / mAP75':>36}"
