@@ -25,7 +25,8 @@ Differences from the paper:
   (``train.py --box-bins 0``) predicts one distance per side instead, ``softplus(x) * stride``
   (positive by construction), as FCOS does with exp. The distributions start uniform, as YOLOv8's
   (every first box 15 strides wide); ``box_prior=m`` (``train.py --box-prior``) starts them at m strides
-  per side instead, which a small, rare class learns from sooner (RESULTS.md section 9).
+  per side instead. A small, rare class then learns sooner, but in a short schedule large objects lose
+  their tight boxes: AdamW barely moves the biases that hold the prior (RESULTS.md section 9). Off by default.
 - Width 64, not the paper's 256: on a CPU a 256-channel head at stride 8 costs more
   than the whole backbone. The branch convs are the paper's plain 3x3 convs;
   ``depthwise=True`` (``train.py --head-conv depthwise``, YOLOX-Nano's setting) makes them

@@ -131,9 +131,9 @@ def aug_for_epoch(epoch: int, total_epochs: int, args) -> tuple[str, int]:
 def batch_to(device, images, targets, scale_frac: float):
     """A loader batch on ``device``: uint8 images (B, 3, S, S) copied as they are (a quarter of float's bytes),
     then float 0..255 pixels there, in channels_last (NHWC, the layout oneDNN's and cuDNN's fast conv kernels
-    want), and the padded GT (B, M, ...); with ``--multi-scale`` resized to a random side (tools/augment.py). ``non_blocking`` only on CUDA, whose loader pins its memory: the copy then
-    overlaps the work still running there. From unpinned memory (MPS) an asynchronous copy may read a
-    tensor already freed."""
+    want), and the padded GT (B, M, ...); with ``--multi-scale`` resized to a random side (tools/augment.py).
+    ``non_blocking`` only on CUDA, whose loader pins its memory: the copy then overlaps the work still running
+    there. From unpinned memory (MPS) an asynchronous copy may read a tensor already freed."""
     pinned = device.type == "cuda"
     images = images.to(device, memory_format=torch.channels_last, non_blocking=pinned).float()  # (B,3,S,S) pixels
     gt_boxes, gt_labels, gt_mask = (t.to(device, non_blocking=pinned) for t in pad_targets(targets))
@@ -426,7 +426,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the distribution focal loss (GFL; YOLOv8: 16); 0: one softplus distance per side")
 
     g.add_argument("--box-prior", type=float, default=0.0, metavar="M",
-                   help="with --box-bins: start every side's distribution at an expectation of M strides; 0: uniform")
+                   help="with --box-bins: start every side's distribution at an expectation of M strides; 0: uniform. "
+                        "2 helps small objects early and costs large ones AP75 (RESULTS.md section 9)")
 
     g = p.add_argument_group("the course's improvements: assignment, losses, augmentation, EMA")
     g.add_argument("--assigner", choices=["tal", "simple"], default="tal")
