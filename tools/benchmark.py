@@ -45,7 +45,7 @@ import time
 import torch
 
 from assign import TaskAlignedAssigner
-from data import DetectionDataset, build_transforms, collate, pad_targets
+from data import DetectionDataset, build_transforms, collate
 from detector import Detector, load_checkpoint
 from evaluate import postprocess
 from losses import DetectionLoss
@@ -121,9 +121,8 @@ def bench_size(size: int, args, root, names, device, train_dtype, infer_dtype) -
     # The training split as train.py builds it: images decoded once (--cache), mosaic + jitter (--aug strong)
     train_ds = DetectionDataset(root, "train", build_transforms(size, True, "strong"), names)
     b = args.batch_size
-    images, targets = collate([train_ds[i] for i in range(b)])  # one real batch for the timed steps, kept
-    images = images.to(device, memory_format=torch.channels_last)
-    gt_boxes, gt_labels, gt_mask = (t.to(device) for t in pad_targets(targets))
+    # one real batch for the timed steps, kept on the device as train.py puts it there
+    images, gt_boxes, gt_labels, gt_mask = batch_to(device, *collate([train_ds[i] for i in range(b)]), 0.0)
 
     model.train()
     backbone_step, train_step = floor_and_step(model, train_dtype)
