@@ -154,8 +154,8 @@ def default_workers(device: torch.device) -> int:
     wait for their slowest thread, so a worker that takes a core for augmentation stalls the whole step
     (``python -m tools.benchmark --sizes 416 --workers 2`` against ``--workers 0``; RESULTS.md section 6).
     Beside a GPU the CPU is idle during the step, and workers prepare the next batches meanwhile: one worker
-    (one core, mosaic and jitter) prepares ~60 images/s at 416 px, ~35 at 640, and one H200 steps at ~450
-    (RESULTS.md section 6), so as many as 8 (a free Colab has 2 cores: 2). Not on MPS nor where processes
+    (one core, mosaic and jitter, uint8 out) prepares ~80 images/s at 416 px, ~50 at 640, and one H200 steps
+    at ~450 (RESULTS.md section 6), so as many as 8 (a free Colab has 2 cores: 2). Not on MPS nor where processes
     start by "spawn" (macOS, Windows): there each worker re-imports torch and receives its own copy of the
     decoded-image cache (~0.7 GB for the stand-in); none is measured here.
     """
