@@ -2,7 +2,9 @@
 # The GPU check, one script: the CUDA tests, the benchmark at 416 and 640 px (the default workers, and 2 as a
 # free Colab has), and a 2-epoch training of the stand-in. Run from the repository root on a machine with a GPU:
 #     bash results/gpu/check.sh [OUT_DIR]          # default OUT_DIR: results/gpu/<card name>
-# Each output goes to its own file in OUT_DIR; RESULTS.md section 6 quotes them.
+# Each output goes to its own file in OUT_DIR; RESULTS.md section 6 quotes them. The training reads the dataset
+# train.py finds (the hub, then ../shared); on a machine that has neither, point $DETECTION_DATA at a copy:
+#     DETECTION_DATA=/path/to/valorant-object-detection bash results/gpu/check.sh
 set -u
 export PYTHONUNBUFFERED=1
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-')
