@@ -41,7 +41,9 @@ def draw_boxes(ax, boxes, labels, class_names, scores=None, linestyle="-", color
         if not tags:
             continue
         tag = class_names[int(label)] + (f" {float(scores[k]):.2f}" if scores is not None else "")
-        ax.text(x1, y1 - 2, tag, color="white", fontsize=6, va="bottom", bbox=dict(fc=c, ec="none", pad=0.5, alpha=0.8))
+        above = y1 > 8   # the tag sits above the box, or inside its top edge where the image ends above it
+        ax.text(x1, y1 - 2 if above else y1 + 1, tag, color="white", fontsize=6, va="bottom" if above else "top",
+                bbox=dict(fc=c, ec="none", pad=0.5, alpha=0.8))
 
 
 def plot_augmentations(images: list[np.ndarray], targets: list[dict], class_names: list[str], cols: int = 4):
