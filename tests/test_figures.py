@@ -65,7 +65,7 @@ def test_score_maps_figure(scene):
 
 def test_predictions_and_augment_figures(scene):
     _, _, cls_logits, boxes, _, gt, img = scene
-    preds = postprocess(cls_logits, boxes.clamp(0, 64))   # inside the image, as predictions mapped back to it are
+    preds = postprocess(cls_logits, boxes.clamp(0, img.shape[0]))  # inside the (square) image, as mapped-back ones are
     targets = [{"boxes": gt, "labels": torch.tensor([0, 1]), "image_id": 0}]
     rendered(plot_predictions([img], preds, ["a", "b"], targets, min_score=0.0))
     rendered(plot_augmentations([img, img], targets * 2, ["a", "b"]))
